@@ -1,0 +1,3 @@
+from .datalists import main
+
+main()

@@ -1,0 +1,49 @@
+"""Datalist checks run before a workflow spends time on the network."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+from monai.data import load_decathlon_datalist
+from monai.utils import ensure_tuple
+
+from ..transforms.dictionary import InputError
+
+__all__ = ["check_datalist", "load_datalist"]
+
+
+def check_datalist(data: Sequence[dict], keys: Sequence[str] = ("image", "label"), required: Sequence[str] = ("image",),
+                   source: str = "datalist") -> list[dict]:
+    """Fail fast, before any output is written: every entry has its ``required`` keys and every file named under
+    ``keys`` exists. The error lists the offending entries and files."""
+    if not data:
+        raise InputError(f"{source} holds no entries.")
+    problems = []
+    for i, item in enumerate(data):
+        for k in required:
+            if k not in item:
+                problems.append(f"entry {i} has no {k!r}")
+        for k in keys:
+            for f in ensure_tuple(item.get(k, ())):
+                if isinstance(f, (str, os.PathLike)) and not os.path.exists(f):
+                    problems.append(f"entry {i} {k}: {str(f)!r} does not exist")
+    if problems:
+        more = f" (and {len(problems) - 10} more)" if len(problems) > 10 else ""
+        raise InputError(f"{source}: " + "; ".join(problems[:10]) + more)
+    return list(data)
+
+
+def load_datalist(datalist: str | os.PathLike, dataset_dir: str | os.PathLike, key: str,
+                  keys: Sequence[str] = ("image", "label"), required: Sequence[str] = ("image",)) -> list[dict]:
+    """``monai.data.load_decathlon_datalist`` with paths resolved against ``dataset_dir`` and checked."""
+    if not Path(datalist).is_file():
+        raise InputError(f"datalist {str(datalist)!r} does not exist.")
+    if not Path(dataset_dir).is_dir():
+        raise InputError(f"dataset_dir {str(dataset_dir)!r} does not exist.")
+    try:
+        data = load_decathlon_datalist(str(datalist), is_segmentation=True, data_list_key=key, base_dir=str(dataset_dir))
+    except (ValueError, KeyError) as e:
+        raise InputError(f"datalist {str(datalist)!r}: {e}") from e
+    return check_datalist(data, keys, required, source=f"datalist {str(datalist)!r} [{key}]")

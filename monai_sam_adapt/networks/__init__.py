@@ -1,0 +1,5 @@
+"""Networks on frozen SAM backbones."""
+
+from .prompted import PromptedSAM
+
+__all__ = ["PromptedSAM"]

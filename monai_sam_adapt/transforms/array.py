@@ -1,0 +1,280 @@
+"""Array transforms: CT windowing, channel handling, label selection, SAM geometry and box prompts.
+
+Everything that MONAI already has is used as it is (``ScaleIntensityRangePercentiles`` for MR, ``AsDiscrete``,
+``RandCropByPosNegLabel``, ``SliceInferer``...); what is here is what SAM adds on top.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import torch
+from monai.config import DtypeLike, NdarrayOrTensor
+from monai.data import MetaTensor
+from monai.data.meta_obj import get_track_meta
+from monai.transforms import (
+    Compose,
+    NormalizeIntensity,
+    Resize,
+    ScaleIntensity,
+    ScaleIntensityRange,
+    SpatialPad,
+    Transform,
+)
+from monai.transforms.spatial.functional import resize
+from monai.transforms.utils import generate_spatial_bounding_box
+from monai.utils import convert_to_tensor, ensure_tuple
+
+from ..sam.backbones import BackboneSpec, get_spec
+
+__all__ = [
+    "CT_WINDOWS",
+    "BoxFromLabel",
+    "CTWindow",
+    "EnsureThreeChannels",
+    "SAMPreprocess",
+    "SAMResizeLongest",
+    "SelectLabels",
+    "sam_intensity",
+]
+
+#: Named CT windows as (width, level) in Hounsfield units.
+CT_WINDOWS: dict[str, tuple[float, float]] = {
+    "abdomen": (400.0, 40.0),
+    "liver": (150.0, 30.0),
+    "lung": (1500.0, -600.0),
+    "bone": (1800.0, 400.0),
+    "brain": (80.0, 40.0),
+    "soft_tissue": (350.0, 50.0),
+    "mediastinum": (350.0, 50.0),
+}
+
+
+class CTWindow(ScaleIntensityRange):
+    """Clip a CT image to a window and scale it to ``[b_min, b_max]``.
+
+    Args:
+        preset: a name from :data:`CT_WINDOWS` (``abdomen``, ``liver``, ``lung``, ``bone``, ``brain``,
+            ``soft_tissue``, ``mediastinum``), or ``None`` to give ``width`` and ``level``. Default ``None``.
+        width: window width in HU (overrides the preset's). Default ``None``.
+        level: window level (centre) in HU (overrides the preset's). Default ``None``.
+        b_min: output value of the window's lower edge. Default 0.
+        b_max: output value of the window's upper edge. Default 1.
+        clip: clip to ``[b_min, b_max]``. Default ``True``.
+        dtype: output dtype. Default ``np.float32``.
+
+    Example::
+
+        CTWindow("liver")(ct)            # HU in [-45, 105] -> [0, 1]
+        CTWindow(width=400, level=40)(ct)
+    """
+
+    def __init__(self, preset: str | None = None, width: float | None = None, level: float | None = None,
+                 b_min: float = 0.0, b_max: float = 1.0, clip: bool = True, dtype: DtypeLike = np.float32) -> None:
+        if preset is not None and preset not in CT_WINDOWS:
+            raise ValueError(f"unknown CT window preset {preset!r}; known presets: {sorted(CT_WINDOWS)}.")
+        w, lv = CT_WINDOWS[preset] if preset is not None else (None, None)
+        w = width if width is not None else w
+        lv = level if level is not None else lv
+        if w is None or lv is None:
+            raise ValueError("CTWindow needs a preset or both width and level.")
+        if w <= 0:
+            raise ValueError(f"width must be positive, got {w}.")
+        self.width, self.level = float(w), float(lv)
+        super().__init__(a_min=lv - w / 2, a_max=lv + w / 2, b_min=b_min, b_max=b_max, clip=clip, dtype=dtype)
+
+
+class EnsureThreeChannels(Transform):
+    """Make a channel-first image three-channel, as every SAM image encoder expects.
+
+    1 channel (CT, grey MR, grey microscopy) is repeated; 3 channels are kept; 4 (RGBA) drop alpha; 2 channels
+    (e.g. FLAIR + T1c) become ``(c0, c1, mean)``. Other counts raise ``ValueError``.
+    """
+
+    def __call__(self, img: NdarrayOrTensor) -> NdarrayOrTensor:
+        img = convert_to_tensor(img, track_meta=get_track_meta())
+        c = img.shape[0]
+        if c == 3:
+            return img
+        if c == 1:
+            out = img.repeat(3, *([1] * (img.ndim - 1)))
+        elif c == 2:
+            out = torch.cat([img, img.mean(0, keepdim=True)], 0)
+        elif c == 4:
+            out = img[:3]
+        else:
+            raise ValueError(f"cannot map an image with {c} channels to SAM's 3 (expected 1, 2, 3 or 4 channels).")
+        return out
+
+
+class SelectLabels(Transform):
+    """Turn a label image into binary channels, one per class.
+
+    Args:
+        classes: ``None`` for a single foreground channel (everything non-zero, after ``threshold``); a sequence of
+            label values (one channel each); or a mapping ``name -> value or list of values`` whose channels merge
+            values (``{"liver": [1, 2], "tumor": [2]}``). Default ``None``.
+        threshold: if given, values above it are foreground before anything else (JPEG masks are noisy: use 127).
+            Default ``None``.
+        reduce_channels: a multi-channel label (an RGB mask) is first reduced to one channel by its maximum.
+            Default ``True``.
+
+    Returns a float tensor ``(K, *spatial)`` of 0/1, MetaTensor metadata kept.
+    """
+
+    def __init__(self, classes: Sequence[int] | Mapping[str, int | Sequence[int]] | None = None,
+                 threshold: float | None = None, reduce_channels: bool = True) -> None:
+        if isinstance(classes, Mapping):
+            self.names = list(classes)
+            self.values = [list(ensure_tuple(v)) for v in classes.values()]
+        elif classes is not None:
+            self.names = [str(v) for v in classes]
+            self.values = [[v] for v in classes]
+        else:
+            self.names, self.values = ["foreground"], None
+        if self.values is not None and not all(self.values):
+            raise ValueError(f"every class needs at least one label value, got {classes}.")
+        self.threshold = threshold
+        self.reduce_channels = reduce_channels
+
+    def __call__(self, label: NdarrayOrTensor) -> NdarrayOrTensor:
+        label = convert_to_tensor(label, track_meta=get_track_meta())
+        if label.shape[0] > 1:
+            if not self.reduce_channels:
+                raise ValueError(f"expected a single-channel label, got {label.shape[0]} channels.")
+            label = label.max(0, keepdim=True).values
+        if self.threshold is not None:
+            label = (label > self.threshold).to(torch.uint8)
+        if self.values is None:
+            return (label != 0).float()
+        chans = [torch.isin(label[0], torch.as_tensor(v, device=label.device)) for v in self.values]
+        return torch.stack(chans).float()
+
+
+class SAMResizeLongest(Resize):
+    """SAM's resize: scale so that the longest in-plane side equals ``target_size``; invertible (MONAI ``Resize``).
+
+    Args:
+        target_size: the encoder's input side (e.g. 256 for LiteMedSAM, 1024 for SAM).
+        slice_axis: for 3D volumes, the spatial axis (0, 1 or 2) that is *not* resized (slices are taken along it);
+            ``None`` for 2D images. Default ``None``.
+        mode: interpolation (``"bilinear"`` for images, ``"nearest"`` for labels). Default ``"bilinear"``.
+        anti_aliasing: Gaussian smoothing before down-sampling (as PIL does for SAM). Default ``True``.
+        kwargs: passed to MONAI's ``Resize``.
+    """
+
+    def __init__(self, target_size: int, slice_axis: int | None = None, mode: str = "bilinear",
+                 anti_aliasing: bool = True, **kwargs) -> None:
+        if int(target_size) <= 0:
+            raise ValueError(f"target_size must be positive, got {target_size}.")
+        if slice_axis is not None and slice_axis not in (0, 1, 2):
+            raise ValueError(f"slice_axis must be 0, 1, 2 or None, got {slice_axis}.")
+        super().__init__(spatial_size=int(target_size), mode=mode, anti_aliasing=anti_aliasing, **kwargs)
+        self.target_size = int(target_size)
+        self.slice_axis = slice_axis
+
+    def output_size(self, spatial_shape: Sequence[int]) -> tuple[int, ...]:
+        """The resized spatial shape: longest in-plane side equal to ``target_size`` (SAM's rounding)."""
+        shape = [int(s) for s in spatial_shape]
+        plane = [i for i in range(len(shape)) if i != self.slice_axis]
+        if len(plane) != 2:
+            raise ValueError(f"expected a 2D image (or 3D with slice_axis), got spatial shape {tuple(shape)} with "
+                             f"slice_axis={self.slice_axis}.")
+        scale = self.target_size / max(shape[i] for i in plane)
+        return tuple(int(s * scale + 0.5) if i in plane else s for i, s in enumerate(shape))
+
+    def __call__(self, img: torch.Tensor, mode: str | None = None, align_corners: bool | None = None,
+                 anti_aliasing: bool | None = None, anti_aliasing_sigma=None, dtype=None,
+                 lazy: bool | None = None) -> torch.Tensor:
+        img = convert_to_tensor(img, track_meta=get_track_meta())
+        spatial = img.peek_pending_shape() if isinstance(img, MetaTensor) else img.shape[1:]
+        return resize(  # type: ignore[return-value]
+            img, self.output_size(spatial), mode or self.mode,
+            self.align_corners if align_corners is None else align_corners,
+            dtype or self.dtype or torch.float32, len(spatial),
+            self.anti_aliasing if anti_aliasing is None else anti_aliasing,
+            self.anti_aliasing_sigma if anti_aliasing_sigma is None else anti_aliasing_sigma,
+            self.lazy if lazy is None else lazy, self.get_transform_info(),
+        )
+
+
+def sam_intensity(spec: BackboneSpec | str) -> list[Transform]:
+    """The intensity normalisation a backbone expects, as MONAI transforms (applied before padding, as SAM does)."""
+    spec = get_spec(spec)
+    if spec.normalization == "minmax01":
+        return [ScaleIntensity(minv=0.0, maxv=1.0)]
+    if spec.normalization == "imagenet255":
+        return [ScaleIntensity(minv=0.0, maxv=255.0),
+                NormalizeIntensity(subtrahend=list(spec.pixel_mean), divisor=list(spec.pixel_std), channel_wise=True)]
+    raise ValueError(f"unknown normalization {spec.normalization!r} of backbone {spec.name!r}.")
+
+
+def _pad_size(target: int, slice_axis: int | None) -> tuple[int, ...]:
+    if slice_axis is None:
+        return (target, target)
+    return tuple(-1 if i == slice_axis else target for i in range(3))
+
+
+class SAMPreprocess(Compose):
+    """A backbone's full image pre-processing: three channels, resize the longest side, normalise, pad (end) to a square.
+
+    Invertible: ``inverse`` (or MONAI's ``Invertd`` with this transform) maps a prediction made at SAM resolution
+    back onto the input's own grid exactly (padding cropped, then resized back).
+
+    Args:
+        backbone: registry name or :class:`BackboneSpec` (default ``"lite_medsam"``); gives size and normalisation.
+        slice_axis: for 3D volumes, the axis slices are taken along; ``None`` for 2D. Default ``None``.
+        image_size: override of the backbone's input side (tiny test models). Default ``None``.
+        label: pre-process a label instead of an image (nearest resize, no intensity change, no channel change).
+            Default ``False``.
+    """
+
+    def __init__(self, backbone: str | BackboneSpec = "lite_medsam", slice_axis: int | None = None,
+                 image_size: int | None = None, label: bool = False) -> None:
+        spec = get_spec(backbone)
+        size = int(image_size or spec.image_size)
+        if label:
+            steps: list = [SAMResizeLongest(size, slice_axis, mode="nearest-exact", anti_aliasing=False)]
+        else:
+            steps = [EnsureThreeChannels(), SAMResizeLongest(size, slice_axis), *sam_intensity(spec)]
+        steps.append(SpatialPad(_pad_size(size, slice_axis), method="end"))
+        super().__init__(steps)
+
+
+class BoxFromLabel(Transform):
+    """Box prompts ``(x0, y0, x1, y1)`` around each channel's foreground, in pixel coordinates of the label.
+
+    ``x`` runs along the last spatial axis (columns) and ``y`` along the one before (rows), as in SAM; the box spans
+    pixel centres, so a single pixel at row r, column c gives ``(c, r, c, r)``.
+
+    Args:
+        margin: pixels added on every side (clipped to the image). Default 0.
+        empty: what an empty channel gives: ``"full"`` (the whole image) or ``"error"``. Default ``"full"``.
+
+    Returns a float tensor ``(K, 4)``.
+    """
+
+    def __init__(self, margin: int = 0, empty: str = "full") -> None:
+        if empty not in ("full", "error"):
+            raise ValueError(f"empty must be 'full' or 'error', got {empty!r}.")
+        self.margin, self.empty = int(margin), empty
+
+    def __call__(self, label: NdarrayOrTensor) -> torch.Tensor:
+        label = convert_to_tensor(label, track_meta=False)
+        if label.ndim != 3:
+            raise ValueError(f"BoxFromLabel expects a channel-first 2D label (K, H, W), got shape {tuple(label.shape)}.")
+        h, w = label.shape[-2:]
+        boxes = []
+        for ch in label:
+            if not bool((ch > 0).any()):
+                if self.empty == "error":
+                    raise ValueError("cannot make a box prompt from an empty label channel.")
+                boxes.append([0.0, 0.0, w - 1.0, h - 1.0])
+                continue
+            start, end = generate_spatial_bounding_box(ch[None] > 0)
+            y0, x0 = start
+            y1, x1 = end[0] - 1, end[1] - 1
+            m = self.margin
+            boxes.append([max(x0 - m, 0), max(y0 - m, 0), min(x1 + m, w - 1), min(y1 + m, h - 1)])
+        return torch.as_tensor(boxes, dtype=torch.float32)

@@ -1,0 +1,127 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from monai.data import MetaTensor
+from monai.transforms import Compose, Invertd
+
+from monai_sam_adapt.transforms import (
+    BoxFromLabeld,
+    CheckImageLabeld,
+    CTWindowd,
+    EnsureThreeChannelsd,
+    InputError,
+    LoadMedicalImaged,
+    RandSliced,
+    SAMPreprocessd,
+    SAMResizeLongestd,
+    SelectLabelsd,
+)
+from tests.conftest import disk, write_png
+
+
+def test_dictionary_aliases():
+    from monai_sam_adapt import transforms as T
+
+    for name in ("CTWindow", "EnsureThreeChannels", "SelectLabels", "BoxFromLabel", "SAMResizeLongest",
+                 "SAMPreprocess", "LoadMedicalImage", "CheckImageLabel", "RandSlice"):
+        assert getattr(T, name + "D") is getattr(T, name + "Dict") is getattr(T, name + "d")
+
+
+def test_simple_dict_transforms_and_missing_keys():
+    d = {"image": np.full((1, 2, 2), 30.0, np.float32), "label": np.array([[[0, 2], [1, 0]]], np.float32)}
+    out = Compose([CTWindowd("image", "liver"), EnsureThreeChannelsd("image"),
+                   SelectLabelsd("label", classes={"a": [1, 2]}), BoxFromLabeld("label")])(d)
+    assert out["image"].shape == (3, 2, 2) and float(out["image"].max()) == 0.5
+    np.testing.assert_array_equal(np.asarray(out["box"]), [[0, 0, 1, 1]])
+    with pytest.raises(KeyError):
+        CTWindowd("ct", "liver")(d)
+    assert "ct" not in CTWindowd("ct", "liver", allow_missing_keys=True)(d)
+
+
+def test_sam_preprocessd_invertd_restores_input_grid():
+    img = MetaTensor(torch.rand(3, 120, 80))
+    lab = torch.zeros(1, 120, 80)
+    lab[0, 30:90, 20:50] = 1
+    pre = Compose([SAMPreprocessd("image", label_keys="label", backbone="lite_medsam")])
+    d = pre({"image": img, "label": MetaTensor(lab)})
+    assert d["image"].shape == (3, 256, 256) and d["label"].shape == (1, 256, 256)
+    d["pred"] = d["label"].clone() * 10 - 5  # logits at SAM resolution
+    d = Invertd("pred", transform=pre, orig_keys="image", nearest_interp=False)(d)
+    assert d["pred"].shape == (1, 120, 80)
+    torch.testing.assert_close((d["pred"] > 0).float().as_tensor(), lab)
+
+
+def test_sam_preprocessd_illegal():
+    with pytest.raises(ValueError, match="both an image and a label"):
+        SAMPreprocessd(["image"], label_keys=["image"])
+    with pytest.raises(InputError, match="my_image.png"):
+        SAMResizeLongestd("image", 64)({"image": MetaTensor(torch.zeros(1, 4, 4, 4), meta={"filename_or_obj": "my_image.png"})})
+
+
+def test_load_medical_image_2d_orientation_and_errors(tmp_path):
+    a = np.zeros((20, 30, 3), np.uint8)
+    a[2, 25] = 255  # row 2, column 25
+    p = write_png(tmp_path / "x.png", a)
+    img = LoadMedicalImaged("image")({"image": str(p)})["image"]
+    assert img.shape == (3, 20, 30) and float(img[0, 2, 25]) == 255  # rows first, as seen
+    with pytest.raises(InputError, match=r"image file '.*nope.png' does not exist"):
+        LoadMedicalImaged("image")({"image": str(tmp_path / "nope.png")})
+    bad = tmp_path / "broken.png"
+    bad.write_bytes(p.read_bytes()[:40])
+    with pytest.raises(InputError, match="broken.png"):
+        LoadMedicalImaged("image")({"image": str(bad)})
+    empty = tmp_path / "series"
+    empty.mkdir()
+    with pytest.raises(InputError, match="series.*empty"):
+        LoadMedicalImaged("image")({"image": str(empty)})
+
+
+def test_load_dicom_series_names_the_corrupt_slice(tmp_path):
+    import pydicom
+    from pydicom.data import get_testdata_file
+
+    src = get_testdata_file("CT_small.dcm")
+    series = tmp_path / "series"
+    series.mkdir()
+    for i in range(3):
+        ds = pydicom.dcmread(src)
+        ds.InstanceNumber = i + 1
+        ds.ImagePositionPatient = [0.0, 0.0, float(i)]
+        ds.SOPInstanceUID = f"1.2.3.{i}"
+        ds.save_as(series / f"{i:02d}.dcm")
+    vol = LoadMedicalImaged("image")({"image": str(series)})["image"]
+    assert vol.shape == (1, 128, 128, 3)
+    raw = (series / "01.dcm").read_bytes()
+    (series / "01.dcm").write_bytes(raw[: len(raw) // 2])  # truncated pixel data
+    with pytest.raises(InputError, match=r"series.*01\.dcm"):
+        LoadMedicalImaged("image")({"image": str(series)})
+
+
+def test_check_image_label(tmp_path):
+    ok = {"image": MetaTensor(torch.zeros(1, 4, 5, 6)), "label": MetaTensor(torch.zeros(1, 4, 5, 6))}
+    CheckImageLabeld()(ok)
+    with pytest.raises(InputError, match="not on the same grid"):
+        CheckImageLabeld()({"image": MetaTensor(torch.zeros(3, 4, 5), meta={"filename_or_obj": "img.png"}),
+                            "label": MetaTensor(torch.zeros(1, 5, 4), meta={"filename_or_obj": "lab.png"})})
+    shifted = MetaTensor(torch.zeros(1, 4, 5, 6), affine=torch.diag(torch.tensor([2.0, 1, 1, 1])))
+    with pytest.raises(InputError, match="different affines"):
+        CheckImageLabeld()({"image": ok["image"], "label": shifted})
+    CheckImageLabeld()({"image": ok["image"]})  # no label: nothing to check (inference)
+
+
+def test_rand_sliced_foreground_aware():
+    vol = torch.zeros(1, 16, 12, 10)
+    lab = torch.zeros(1, 16, 12, 10)
+    lab[0, 4:8, 4:8, 7] = 1  # foreground on slice 7 only
+    t = RandSliced(["image", "label"], "label", axis=2, num_samples=6, pos=1, neg=0)
+    t.compose.set_random_state(0)
+    out = t({"image": MetaTensor(vol), "label": MetaTensor(lab)})
+    assert len(out) == 6
+    for o in out:
+        assert o["image"].shape == (1, 16, 12) and float(o["label"].sum()) == 16
+    out0 = RandSliced(["image", "label"], axis=0, num_samples=2)({"image": vol, "label": lab})
+    assert out0[0]["image"].shape == (1, 12, 10)
+    with pytest.raises(ValueError, match="axis"):
+        RandSliced(["image"], axis=3)
