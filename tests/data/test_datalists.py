@@ -1,0 +1,105 @@
+from __future__ import annotations
+
+import json
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from monai_sam_adapt.data import (
+    brats_datalist,
+    folder_datalist,
+    glas_datalist,
+    kvasir_datalist,
+    lits_datalist,
+    main,
+    split_by_case,
+)
+from tests.conftest import data_path, write_png
+
+
+def test_kvasir_layout(polyp_folder, tmp_path):
+    dl = kvasir_datalist(polyp_folder)
+    assert [len(dl[k]) for k in ("training", "validation", "testing")] == [3, 1, 2]
+    assert dl["testing"][0] == {"image": "images/case4.png", "label": "masks/case4.png"}
+    (polyp_folder / "masks" / "case5.png").unlink()
+    with pytest.raises(FileNotFoundError, match="case5.png has no mask"):
+        kvasir_datalist(polyp_folder)
+    (polyp_folder / "splits.json").write_text(json.dumps({"train": ["nope"], "val": [], "test": []}))
+    with pytest.raises(FileNotFoundError, match="'nope' is not in"):
+        kvasir_datalist(polyp_folder)
+    (polyp_folder / "splits.json").write_text(json.dumps({"train": []}))
+    with pytest.raises(ValueError, match="lacks the split"):
+        kvasir_datalist(polyp_folder)
+
+
+def test_glas_layout(tmp_path):
+    img = np.zeros((8, 8, 3), np.uint8)
+    for name in ["train_1", "train_2", "train_3", "train_10", "testA_1", "testB_2"]:
+        write_png(tmp_path / f"{name}.png", img)
+        write_png(tmp_path / f"{name}_anno.png", img[..., 0])
+    dl = glas_datalist(tmp_path, val_fraction=0.25)
+    assert len(dl["training"]) == 3 and len(dl["validation"]) == 1 and len(dl["testing"]) == 2
+    names = {e["image"] for e in dl["training"] + dl["validation"]}
+    assert names == {"train_1.png", "train_2.png", "train_3.png", "train_10.png"}
+    assert not names & {e["image"] for e in dl["testing"]}
+    assert glas_datalist(tmp_path, val_fraction=0.25) == dl  # deterministic
+    (tmp_path / "testB_2_anno.png").unlink()
+    with pytest.raises(FileNotFoundError, match="testB_2"):
+        glas_datalist(tmp_path)
+
+
+def _nii(path, shape=(4, 4, 3)):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    nib.save(nib.Nifti1Image(np.zeros(shape, np.float32), np.eye(4)), path)
+
+
+def test_brats_and_lits_layouts(tmp_path):
+    for split in ("train", "test"):
+        for case in ("a", "b"):
+            for f in ("Flair_x.nii.gz", "T1c_x.nii.gz", "OTMultiClass.nii.gz"):
+                _nii(tmp_path / "brats" / split / f"{split}{case}" / f)
+    dl = brats_datalist(tmp_path / "brats")
+    assert len(dl["training"]) == 2 and len(dl["testing"]) == 2 and dl["validation"] == []
+    assert dl["training"][0]["image"] == ["train/traina/Flair_x.nii.gz", "train/traina/T1c_x.nii.gz"]
+    with pytest.raises(FileNotFoundError, match="no DWI"):
+        brats_datalist(tmp_path / "brats", modalities=["DWI"])
+
+    for i in range(10):
+        _nii(tmp_path / "lits" / f"volume-{i}.nii")
+        _nii(tmp_path / "lits" / "seg" / f"segmentation-{i}.nii")
+    dl = lits_datalist(tmp_path / "lits", val_fraction=0.1, test_fraction=0.2)
+    cases = {k: {e["case"] for e in v} for k, v in dl.items()}
+    assert sum(len(v) for v in cases.values()) == 10 and len(cases["testing"]) == 2
+    assert not (cases["training"] & cases["testing"]) and not (cases["training"] & cases["validation"])
+    (tmp_path / "lits" / "seg" / "segmentation-3.nii").unlink()
+    with pytest.raises(FileNotFoundError, match="volume-3.nii"):
+        lits_datalist(tmp_path / "lits")
+
+
+def test_folder_layout_and_cli(polyp_folder, tmp_path, capsys):
+    dl = folder_datalist(polyp_folder)
+    assert len(dl["testing"]) == 6
+    assert all("label" not in e for e in folder_datalist(polyp_folder, masks=None)["testing"])
+    out = tmp_path / "dl.json"
+    main(["folder", str(polyp_folder), "-o", str(out)])
+    assert json.loads(out.read_text()) == dl and "testing 6" in capsys.readouterr().out
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        folder_datalist(tmp_path / "nowhere")
+
+
+def test_split_by_case():
+    tr, va = split_by_case([f"p{i}" for i in range(20)], 0.2, seed=1)
+    assert len(va) == 4 and not set(tr) & set(va) and len(tr) + len(va) == 20
+    with pytest.raises(ValueError):
+        split_by_case(["a"], 1.0)
+
+
+@pytest.mark.integration
+def test_real_layouts():
+    dl = kvasir_datalist(data_path("kvasir_seg"))
+    assert [len(dl[k]) for k in ("training", "validation", "testing")] == [798, 100, 100]
+    g = glas_datalist(data_path("glas"))
+    assert len(g["training"]) + len(g["validation"]) == 85 and len(g["testing"]) == 80
+    b = brats_datalist(data_path("brats2015"))
+    assert [len(b[k]) for k in ("training", "validation", "testing")] == [2, 2, 2]
