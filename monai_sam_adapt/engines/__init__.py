@@ -1,6 +1,7 @@
-"""What MONAI and ignite lack for frozen-SAM workflows."""
+"""What MONAI and ignite lack for frozen-SAM workflows: embedding cache, handlers, datalist checks."""
 
+from .cache import EmbeddingCache
 from .handlers import MetricPlots, OverlayGrid
-from .utils import check_datalist, load_datalist
+from .utils import attach_resume, check_datalist, load_datalist
 
-__all__ = ["MetricPlots", "OverlayGrid", "check_datalist", "load_datalist"]
+__all__ = ["EmbeddingCache", "MetricPlots", "OverlayGrid", "attach_resume", "check_datalist", "load_datalist"]

@@ -11,7 +11,7 @@ from monai.utils import ensure_tuple
 
 from ..transforms.dictionary import InputError
 
-__all__ = ["check_datalist", "load_datalist"]
+__all__ = ["attach_resume", "check_datalist", "load_datalist"]
 
 
 def check_datalist(data: Sequence[dict], keys: Sequence[str] = ("image", "label"), required: Sequence[str] = ("image",),
@@ -47,3 +47,15 @@ def load_datalist(datalist: str | os.PathLike, dataset_dir: str | os.PathLike, k
     except (ValueError, KeyError) as e:
         raise InputError(f"datalist {str(datalist)!r}: {e}") from e
     return check_datalist(data, keys, required, source=f"datalist {str(datalist)!r} [{key}]")
+
+
+def attach_resume(engine, checkpoint: str | os.PathLike | None, load_dict: dict, map_location=None) -> None:
+    """Resume ``engine`` from ``checkpoint`` (MONAI ``CheckpointLoader``) when a path is given; do nothing for ``None``
+    or ``""``, so a bundle's ``resume_from`` can default to ``null``."""
+    if not checkpoint:
+        return
+    if not Path(checkpoint).is_file():
+        raise InputError(f"resume_from checkpoint {str(checkpoint)!r} does not exist.")
+    from monai.handlers import CheckpointLoader
+
+    CheckpointLoader(str(checkpoint), load_dict, map_location=map_location).attach(engine)
