@@ -29,3 +29,24 @@ def run_workflow(bundle: str, config: str, **override):
     finally:
         wf.finalize()
     return wf
+
+
+def chain(e: BaseException) -> str:
+    """Every message in an exception's cause chain (MONAI wraps transform errors twice)."""
+    out = []
+    while e is not None:
+        out.append(str(e))
+        e = e.__cause__ or e.__context__
+    return "\n".join(out)
+
+
+def _rows(path):
+    """(name, first value) rows of a MetricsSaver CSV."""
+    with open(path) as f:
+        for line in f:
+            name, *vals = line.replace("\t", ",").strip().split(",")
+            yield name, float(vals[0])
+
+
+def read_metrics(path) -> dict[str, float]:
+    return dict(_rows(path))

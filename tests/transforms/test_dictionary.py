@@ -18,7 +18,7 @@ from monai_sam_adapt.transforms import (
     SAMResizeLongestd,
     SelectLabelsd,
 )
-from tests.conftest import disk, write_png
+from tests.conftest import write_png
 
 
 def test_dictionary_aliases():
