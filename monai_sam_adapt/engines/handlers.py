@@ -145,7 +145,7 @@ class OverlayGrid:
                 ax.set_title(f"{title}: Dice {dice:.3f}" + (f"\n{it['name']}" if c == 0 else ""), fontsize=8)
                 ax.axis("off")
         fig.suptitle("ground truth (green), prediction (red)", fontsize=9)
-        fig.tight_layout()
+        fig.tight_layout(rect=(0, 0, 1, 1 - 0.3 / (3.2 * n)))  # leave the suptitle its own strip
         self.save_dir.mkdir(parents=True, exist_ok=True)
         tmp = self.save_dir / f".partial-{self.filename}"
         fig.savefig(tmp, dpi=90)
