@@ -7,7 +7,7 @@ from pathlib import Path
 
 from monai.data import ITKWriter, NibabelWriter, PILWriter
 
-__all__ = ["AtomicNibabelWriter", "PILMaskWriter", "atomic_replace_path"]
+__all__ = ["AtomicITKWriter", "AtomicNibabelWriter", "PILMaskWriter", "atomic_replace_path"]
 
 
 def atomic_replace_path(filename: str | os.PathLike) -> Path:
@@ -46,5 +46,3 @@ class AtomicNibabelWriter(_AtomicWriteMixin, NibabelWriter):
 class AtomicITKWriter(_AtomicWriteMixin, ITKWriter):
     """MONAI's ``ITKWriter`` (NRRD, MHA, ... when ``itk`` is installed), written atomically."""
 
-
-__all__.append("AtomicITKWriter")

@@ -15,7 +15,7 @@ TinyViT (its linears and convolutions).
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -166,8 +166,7 @@ def merge_adapters(module: nn.Module) -> int:
     return len(names)
 
 
-def count_parameters(module: nn.Module, reference: nn.Module | None = None,
-                     names: Sequence[str] | None = None) -> dict[str, float]:
+def count_parameters(module: nn.Module, reference: nn.Module | None = None) -> dict[str, float]:
     """Trainable and total parameters (adapter buffers U, S, V count as the frozen weights they replace), and the
     trainable share of ``reference`` (e.g. the whole SAM) in percent."""
     trainable = sum(p.numel() for p in module.parameters() if p.requires_grad)

@@ -33,6 +33,8 @@ __all__ = [
     "get_spec",
     "lite_medsam_checkpoint",
     "load_state_dict_file",
+    "TINY_ARCH",
+    "tiny_backbone",
 ]
 
 DEFAULT_BACKBONE = "lite_medsam"
@@ -67,6 +69,17 @@ class BackboneSpec:
     checkpoint_name: str | None = None
     checkpoint_sha256: str | None = None
     defaults: dict[str, Any] = field(default_factory=dict)
+
+    def intensity_steps(self) -> list[tuple[str, dict[str, Any]]]:
+        """The normalisation as MONAI transform names and arguments (``"ScaleIntensity"`` -> ``ScaleIntensity`` /
+        ``ScaleIntensityd``): the one place both the array and the dictionary pre-processing read it from."""
+        if self.normalization == "minmax01":
+            return [("ScaleIntensity", {"minv": 0.0, "maxv": 1.0})]
+        if self.normalization == "imagenet255":
+            return [("ScaleIntensity", {"minv": 0.0, "maxv": 255.0}),
+                    ("NormalizeIntensity", {"subtrahend": list(self.pixel_mean), "divisor": list(self.pixel_std),
+                                            "channel_wise": True})]
+        raise ValueError(f"unknown normalization {self.normalization!r} of backbone {self.name!r}.")
 
 
 _SAM_VIT = dict(image_size=1024, patch_size=16, prompt_embed_dim=256, decoder_mlp_dim=2048, decoder_depth=2)
@@ -412,13 +425,10 @@ TINY_ARCH: dict[str, dict[str, Any]] = {
                         decoder_mlp_dim=64, decoder_depth=1),
 }
 TINY_ARCH["vit_l"] = TINY_ARCH["vit_h"] = TINY_ARCH["vit_b"]
-__all__.append("TINY_ARCH")
 
 
 def tiny_backbone(name: str = "vit_b", **kwargs: Any) -> FrozenSAM:
     """An untrained, tiny :class:`FrozenSAM` for tests and smoke runs (``checkpoint=None``)."""
     return FrozenSAM(name, checkpoint=None, **{**TINY_ARCH[name], **kwargs})
 
-
-__all__.append("tiny_backbone")
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
+import monai.transforms
 import numpy as np
 import torch
 from monai.config import DtypeLike, NdarrayOrTensor
@@ -15,9 +16,7 @@ from monai.data import MetaTensor
 from monai.data.meta_obj import get_track_meta
 from monai.transforms import (
     Compose,
-    NormalizeIntensity,
     Resize,
-    ScaleIntensity,
     ScaleIntensityRange,
     SpatialPad,
     Transform,
@@ -200,14 +199,8 @@ class SAMResizeLongest(Resize):
 
 
 def sam_intensity(spec: BackboneSpec | str) -> list[Transform]:
-    """The intensity normalisation a backbone expects, as MONAI transforms (applied before padding, as SAM does)."""
-    spec = get_spec(spec)
-    if spec.normalization == "minmax01":
-        return [ScaleIntensity(minv=0.0, maxv=1.0)]
-    if spec.normalization == "imagenet255":
-        return [ScaleIntensity(minv=0.0, maxv=255.0),
-                NormalizeIntensity(subtrahend=list(spec.pixel_mean), divisor=list(spec.pixel_std), channel_wise=True)]
-    raise ValueError(f"unknown normalization {spec.normalization!r} of backbone {spec.name!r}.")
+    """The intensity normalisation a backbone expects, as MONAI array transforms (applied before padding, as SAM does)."""
+    return [getattr(monai.transforms, name)(**kw) for name, kw in get_spec(spec).intensity_steps()]
 
 
 def _pad_size(target: int, slice_axis: int | None) -> tuple[int, ...]:

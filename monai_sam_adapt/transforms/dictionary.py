@@ -7,6 +7,7 @@ from collections.abc import Hashable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import monai.transforms
 import numpy as np
 import torch
 from monai.config import KeysCollection
@@ -16,9 +17,7 @@ from monai.transforms import (
     InvertibleTransform,
     LoadImaged,
     MapTransform,
-    NormalizeIntensityd,
     RandCropByPosNegLabeld,
-    ScaleIntensityd,
     SpatialPadd,
     SqueezeDimd,
 )
@@ -208,14 +207,8 @@ class SAMPreprocessd(_ComposedMapd):
             SAMResizeLongestd(allk, size, slice_axis, mode=["bilinear"] * len(keys) + ["nearest-exact"] * len(label_keys),
                               anti_aliasing=[True] * len(keys) + [False] * len(label_keys), allow_missing_keys=mk),
         ]
-        if spec.normalization == "minmax01":
-            steps.append(ScaleIntensityd(keys, minv=0.0, maxv=1.0, allow_missing_keys=mk))
-        elif spec.normalization == "imagenet255":
-            steps += [ScaleIntensityd(keys, minv=0.0, maxv=255.0, allow_missing_keys=mk),
-                      NormalizeIntensityd(keys, subtrahend=list(spec.pixel_mean), divisor=list(spec.pixel_std),
-                                          channel_wise=True, allow_missing_keys=mk)]
-        else:
-            raise ValueError(f"unknown normalization {spec.normalization!r} of backbone {spec.name!r}.")
+        steps += [getattr(monai.transforms, name + "d")(keys, **kw, allow_missing_keys=mk)
+                  for name, kw in spec.intensity_steps()]
         steps.append(SpatialPadd(allk, _pad_size(size, slice_axis), method="end", allow_missing_keys=mk))
         super().__init__(allk, steps, allow_missing_keys)
         self.spec, self.image_size, self.slice_axis = spec, size, slice_axis
