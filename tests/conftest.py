@@ -58,3 +58,27 @@ def polyp_folder(tmp_path, rng):
         ids.append(f"case{i}")
     (root / "splits.json").write_text(json.dumps({"train": ids[:3], "val": ids[3:4], "test": ids[4:]}))
     return root
+
+
+TINY_CLIP_CONFIG = {
+    "embed_dim": 16,
+    "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "head_width": 16, "patch_size": 16},
+    "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
+}
+
+
+@pytest.fixture
+def tiny_clip(tmp_path):
+    """A tiny random open_clip model saved as a real checkpoint would be: ``(checkpoint file, model-config file)``."""
+    import json
+
+    import open_clip
+
+    cfg = tmp_path / "tiny-clip-test.json"
+    cfg.write_text(json.dumps(TINY_CLIP_CONFIG))
+    open_clip.add_model_config(cfg)
+    torch.manual_seed(0)
+    model = open_clip.create_model("tiny-clip-test", pretrained=None)
+    ckpt = tmp_path / "tiny_clip.pt"
+    torch.save(model.state_dict(), ckpt)
+    return ckpt, cfg

@@ -16,7 +16,8 @@ from monai.networks.nets import UNet
 from torch import nn
 
 from ..engines.cache import EmbeddingCache
-from ..sam.backbones import DEFAULT_BACKBONE, CheckpointError, FrozenSAM
+from ..sam.backbones import DEFAULT_BACKBONE, FrozenSAM
+from .checkpointing import TrainedPartsCheckpoint
 
 __all__ = ["AutoSAM", "AutoSAMLoss", "CNNPromptEncoder", "EmbeddingHeadPromptEncoder", "SurrogateDecoder",
            "autosam_lite_medsam"]
@@ -110,7 +111,7 @@ class SurrogateDecoder(nn.Module):
         return self.net(dense)
 
 
-class AutoSAM(nn.Module):
+class AutoSAM(TrainedPartsCheckpoint, nn.Module):
     """AutoSAM on any frozen backbone of the registry: g(I) replaces SAM's prompt encoder, SAM stays frozen.
 
     g produces one dense prompt embedding per class (``embed_dim x embedding grid``), fed to the frozen mask decoder
@@ -138,6 +139,8 @@ class AutoSAM(nn.Module):
 
     Paper: https://arxiv.org/abs/2306.06370 (the reference g is a HarDNet-85, 41.6 M parameters).
     """
+
+    identity_keys = ("backbone", "sha256", "arch", "num_classes")
 
     def __init__(self, backbone: FrozenSAM | str = DEFAULT_BACKBONE, checkpoint: Any = "default", num_classes: int = 1,
                  prompt_encoder: str = "head", prompt_encoder_kwargs: dict | None = None, surrogate: bool = True,
@@ -171,31 +174,8 @@ class AutoSAM(nn.Module):
         self.cache = None if cache is None or cache is False else cache
 
     # ------------------------------------------------------------------ checkpoints hold g and h only
-    def state_dict(self, *args, destination=None, prefix: str = "", keep_vars: bool = False):
-        sd = super().state_dict(*args, destination=destination, prefix=prefix, keep_vars=keep_vars)
-        for k in [k for k in sd if k.startswith(prefix + "sam.")]:
-            del sd[k]
-        return sd
-
-    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
-                              error_msgs):
-        for k, v in self.sam.state_dict(prefix=prefix + "sam.").items():  # frozen SAM comes from its own checkpoint
-            state_dict.setdefault(k, v)
-        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
-                                      error_msgs)
-
-    def get_extra_state(self) -> dict:
+    def checkpoint_identity(self) -> dict:
         return {"method": "AutoSAM", "num_classes": self.num_classes, **self.sam.identity}
-
-    def set_extra_state(self, state: dict) -> None:
-        mine = self.get_extra_state()
-        for k in ("backbone", "sha256", "arch", "num_classes"):
-            if state.get(k) != mine.get(k):
-                raise CheckpointError(
-                    f"these AutoSAM weights were trained on backbone {state.get('backbone')!r} "
-                    f"(checkpoint SHA-256 {state.get('sha256')}, {state.get('num_classes')} classes); this model uses "
-                    f"{mine['backbone']!r} (SHA-256 {mine['sha256']}, {mine['num_classes']} classes): {k} differs. "
-                    "Load them with the backbone they were trained with.")
 
     def trainable_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters() if p.requires_grad)

@@ -130,7 +130,9 @@ def adapt_encoder(encoder: nn.Module, method: str = "svd", rank: int = 4,
         rank: LoRA rank. Default 4.
         select: ``(name, layer) -> bool`` choosing layers; default every Linear and Conv2d.
         train_norms: train norm layers' weights and biases (running statistics stay frozen). Default ``True``.
-        train_pos_embed: train ``pos_embed`` / relative position tables. Default ``True``.
+        train_pos_embed: train the absolute positional embedding (SAM ViT's ``pos_embed``) or, for TinyViT, which
+            has none, its attention biases. SAM ViT's relative position tables stay frozen: with them a SAM ViT-B
+            S-SAM with a CLIP Text Affine Layer would train 0.53% of SAM instead of 0.49%. Default ``True``.
 
     Returns the names of the adapted layers.
     """
@@ -152,7 +154,7 @@ def adapt_encoder(encoder: nn.Module, method: str = "svd", rank: int = 4,
                     p.requires_grad_(True)
     if train_pos_embed:
         for n, p in encoder.named_parameters():
-            if n.split(".")[-1] in ("pos_embed", "rel_pos_h", "rel_pos_w", "attention_biases"):
+            if n.split(".")[-1] in ("pos_embed", "attention_biases"):
                 p.requires_grad_(True)
     return [n for n, _ in chosen]
 

@@ -12,6 +12,7 @@ from .backbones import (
     get_spec,
     lite_medsam_checkpoint,
     load_state_dict_file,
+    resample_positional,
     tiny_backbone,
 )
 
@@ -26,6 +27,7 @@ __all__ = [
     "file_sha256",
     "get_spec",
     "lite_medsam_checkpoint",
+    "resample_positional",
     "load_state_dict_file",
     "tiny_backbone",
 ]

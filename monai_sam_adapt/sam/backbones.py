@@ -32,6 +32,7 @@ __all__ = [
     "file_sha256",
     "get_spec",
     "lite_medsam_checkpoint",
+    "resample_positional",
     "load_state_dict_file",
     "TINY_ARCH",
     "tiny_backbone",
@@ -205,6 +206,28 @@ def _build_tinyvit(spec: BackboneSpec, kw: dict[str, Any]) -> nn.Module:
     )
 
 
+def resample_positional(state: dict[str, torch.Tensor], own: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Fit a ViT checkpoint's positional tensors to a model built for another input size (S-SAM works at 256 px).
+
+    ``image_encoder.pos_embed`` ``(1, H, W, C)`` is resampled bicubically to the model's token grid and the relative
+    position tables ``rel_pos_h/w`` ``(2S - 1, head_dim)`` of the global-attention blocks linearly to their new length,
+    as segment-anything itself resizes relative positions. Every other tensor is returned unchanged.
+    """
+    out = dict(state)
+    for k, v in state.items():
+        if k not in own or own[k].shape == v.shape:
+            continue
+        target = own[k].shape
+        if k.endswith("pos_embed") and v.ndim == 4 and v.shape[-1] == target[-1]:
+            grid = F.interpolate(v.permute(0, 3, 1, 2).float(), size=tuple(target[1:3]), mode="bicubic",
+                                 align_corners=False)
+            out[k] = grid.permute(0, 2, 3, 1).to(v.dtype)
+        elif k.split(".")[-1] in ("rel_pos_h", "rel_pos_w") and v.ndim == 2 and v.shape[1] == target[1]:
+            table = F.interpolate(v.t()[None].float(), size=target[0], mode="linear", align_corners=False)
+            out[k] = table[0].t().to(v.dtype)
+    return out
+
+
 class FrozenSAM(nn.Module):
     """A frozen Segment Anything backbone: image encoder, prompt encoder, mask decoder and their pre-processing.
 
@@ -321,6 +344,7 @@ class FrozenSAM(nn.Module):
                                   "the file is corrupt or not the official checkpoint.")
         state = {k: v for k, v in state.items() if k not in ("pixel_mean", "pixel_std")}
         own = self.state_dict()
+        state = resample_positional(state, own)
         missing = sorted(set(own) - set(state))
         unexpected = sorted(set(state) - set(own))
         mismatched = sorted(k for k in set(own) & set(state) if own[k].shape != state[k].shape)

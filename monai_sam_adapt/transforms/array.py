@@ -29,6 +29,7 @@ from ..sam.backbones import BackboneSpec, get_spec
 
 __all__ = [
     "CT_WINDOWS",
+    "AssembleLabels",
     "BoxFromLabel",
     "CTWindow",
     "EnsureThreeChannels",
@@ -271,3 +272,29 @@ class BoxFromLabel(Transform):
             m = self.margin
             boxes.append([max(x0 - m, 0), max(y0 - m, 0), min(x1 + m, w - 1), min(y1 + m, h - 1)])
         return torch.as_tensor(boxes, dtype=torch.float32)
+
+
+class AssembleLabels(Transform):
+    """One label map from per-label logits ``(K, *spatial)``: each voxel takes the label of highest probability,
+    or background where no label reaches ``threshold`` (overlapping predictions are resolved by score).
+
+    Args:
+        values: the label value of each channel. Default ``1..K``.
+        threshold: minimum sigmoid probability of a label. Default 0.5.
+        sigmoid: the input is logits (apply a sigmoid first). Default ``True``.
+
+    Returns ``(1, *spatial)`` of label values (background 0), MetaTensor metadata kept.
+    """
+
+    def __init__(self, values: Sequence[int] | None = None, threshold: float = 0.5, sigmoid: bool = True) -> None:
+        self.values, self.threshold, self.sigmoid = values, threshold, sigmoid
+
+    def __call__(self, logits: NdarrayOrTensor) -> NdarrayOrTensor:
+        x = convert_to_tensor(logits, track_meta=get_track_meta())
+        values = list(self.values) if self.values is not None else list(range(1, x.shape[0] + 1))
+        if len(values) != x.shape[0]:
+            raise ValueError(f"{x.shape[0]} label channels but {len(values)} label values {values}.")
+        prob = torch.sigmoid(x.float()) if self.sigmoid else x.float()
+        best, idx = prob.max(0, keepdim=True)
+        lut = torch.as_tensor([0, *values], device=x.device, dtype=torch.float32)
+        return torch.where(best >= self.threshold, lut[idx + 1], lut[0])

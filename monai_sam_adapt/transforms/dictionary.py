@@ -24,9 +24,10 @@ from monai.transforms import (
 from monai.utils import ensure_tuple, ensure_tuple_rep
 
 from ..sam.backbones import BackboneSpec, get_spec
-from .array import BoxFromLabel, CTWindow, EnsureThreeChannels, SAMResizeLongest, SelectLabels, _pad_size
+from .array import AssembleLabels, BoxFromLabel, CTWindow, EnsureThreeChannels, SAMResizeLongest, SelectLabels, _pad_size
 
 __all__ = [
+    "AssembleLabelsD", "AssembleLabelsDict", "AssembleLabelsd",
     "BoxFromLabelD", "BoxFromLabelDict", "BoxFromLabeld",
     "CTWindowD", "CTWindowDict", "CTWindowd",
     "CheckImageLabelD", "CheckImageLabelDict", "CheckImageLabeld",
@@ -94,6 +95,15 @@ class SelectLabelsd(_ArrayMapd):
                  reduce_channels: bool = True, allow_missing_keys: bool = False) -> None:
         super().__init__(keys, allow_missing_keys)
         self.transform = SelectLabels(classes, threshold, reduce_channels)
+
+
+class AssembleLabelsd(_ArrayMapd):
+    """Dictionary version of :class:`AssembleLabels`."""
+
+    def __init__(self, keys: KeysCollection, values: Sequence[int] | None = None, threshold: float = 0.5,
+                 sigmoid: bool = True, allow_missing_keys: bool = False) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.transform = AssembleLabels(values, threshold, sigmoid)
 
 
 class BoxFromLabeld(MapTransform):
@@ -350,3 +360,4 @@ SAMPreprocessD = SAMPreprocessDict = SAMPreprocessd
 LoadMedicalImageD = LoadMedicalImageDict = LoadMedicalImaged
 CheckImageLabelD = CheckImageLabelDict = CheckImageLabeld
 RandSliceD = RandSliceDict = RandSliced
+AssembleLabelsD = AssembleLabelsDict = AssembleLabelsd

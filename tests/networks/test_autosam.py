@@ -73,10 +73,10 @@ def test_checkpoint_holds_g_and_h_and_refuses_other_backbone(tmp_path):
     other.load_state_dict(torch.load(path, weights_only=True))
     torch.testing.assert_close(other.g.out.weight, net.g.out.weight)
     different = AutoSAM("vit_b", checkpoint=None, **{**ARCH, "encoder_depth": 1})
-    with pytest.raises(CheckpointError, match="trained on backbone 'vit_b'.*arch differs"):
+    with pytest.raises(CheckpointError, match="trained on backbone 'vit_b'.*Differs: arch"):
         different.load_state_dict(torch.load(path, weights_only=True))
     lite = AutoSAM(tiny_backbone("lite_medsam"))
-    with pytest.raises(CheckpointError, match="this model uses 'lite_medsam'"):
+    with pytest.raises(CheckpointError, match="this model is AutoSAM on 'lite_medsam'"):
         lite.load_state_dict(torch.load(path, weights_only=True), strict=False)
 
 

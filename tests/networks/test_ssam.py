@@ -1,0 +1,149 @@
+"""S-SAM (issue 4): label-name prompts on an SVD-adapted frozen SAM, LoRA and full-tuning baselines, adapter-only
+checkpoints, positional resampling, multi-label assembly."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from monai_sam_adapt.networks import SSAM, CLIPTextEncoder, LabelIndexEncoder, UnknownLabelError
+from monai_sam_adapt.sam import TINY_ARCH, CheckpointError, FrozenSAM, tiny_backbone
+from monai_sam_adapt.transforms import AssembleLabels
+
+LABELS = ["liver", "tumor"]
+
+
+def tiny(name="vit_b", **kw):
+    torch.manual_seed(0)
+    return SSAM(name, checkpoint=None, label_names=kw.pop("label_names", LABELS), **{**TINY_ARCH[name], **kw})
+
+
+@pytest.mark.parametrize("name", ["vit_b", "lite_medsam"])
+def test_identity_at_init_only_intended_parameters_train_merge(name):
+    torch.manual_seed(0)
+    sam = tiny_backbone(name)
+    x = torch.rand(2, 3, sam.image_size, sam.image_size)
+    with torch.no_grad():
+        frozen = sam.encode(x)
+    net = SSAM(sam, label_names=LABELS)  # adapts this backbone in place
+    with torch.no_grad():
+        torch.testing.assert_close(net.sam.encode(x), frozen, atol=2e-4, rtol=1e-4)
+    trainable = {n for n, p in net.named_parameters() if p.requires_grad}
+    allowed = ("A", "B", "weight", "bias", "pos_embed", "attention_biases")
+    for n in trainable:
+        last = n.split(".")[-1]
+        assert n.startswith("tal.") or last in ("A", "B", "pos_embed", "attention_biases") or (
+            last in allowed and ("norm" in n or ".bn" in n or "neck.1" in n or "neck.3" in n)), n
+    assert not any(p.requires_grad for p in net.sam.mask_decoder.parameters())
+    assert not any(p.requires_grad for p in net.sam.prompt_encoder.parameters())
+    # a training step reaches the adapters and the Text Affine Layer, never the frozen decoder
+    net.train()
+    out = net(x)
+    assert out.shape == (2, 2, sam.image_size, sam.image_size)
+    out.mean().backward()
+    assert net.tal.proj.weight.grad is not None and net.tal.proj.weight.grad.abs().sum() > 0
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for n, p in net.named_parameters() if n.endswith(".A"))
+    if name == "lite_medsam":  # TinyViT's attention biases are cached in eval mode; training must still reach them
+        assert any(p.grad is not None for n, p in net.named_parameters() if n.endswith("attention_biases"))
+    with torch.no_grad():
+        for n, p in net.named_parameters():
+            if p.requires_grad:
+                p.add_(0.01 * torch.randn_like(p))
+    net.eval()
+    with torch.no_grad():
+        before = net(x)
+        net.merge()
+        torch.testing.assert_close(net(x), before, atol=2e-4, rtol=1e-4)
+
+
+def test_parameter_share_svd_below_lora_below_full():
+    counts = {m: tiny(method=m).count_parameters() for m in ("svd", "lora", "full")}
+    assert counts["svd"]["trainable"] < counts["lora"]["trainable"] < counts["full"]["trainable"]
+    assert len({c["total"] for c in counts.values()}) == 1  # adapters count as the frozen weights they replace
+
+
+def test_labels_select_prompts_and_unknown_label_is_clear():
+    net = tiny().eval()
+    x = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        both = net(x)
+        tumor = net(x, labels=["tumor"])
+    torch.testing.assert_close(tumor[:, 0], both[:, 1])
+    with pytest.raises(UnknownLabelError, match=r"unknown label name\(s\) \['kidney'\]; this model knows \['liver', 'tumor'\]"):
+        net(x, labels=["kidney"])
+    with pytest.raises(ValueError, match="distinct"):
+        LabelIndexEncoder(["liver", "liver"])
+
+
+def test_clip_text_encoder_from_local_file(tiny_clip, tmp_path):
+    ckpt, cfg = tiny_clip
+    text = CLIPTextEncoder(ckpt, model_config=cfg)
+    feats = text(["liver", "tumor"])
+    assert feats.shape == (2, 16) and not torch.allclose(feats[0], feats[1])
+    torch.testing.assert_close(feats.norm(dim=-1), torch.ones(2))
+    assert not any(p.requires_grad for p in text.parameters())
+    net = SSAM(tiny_backbone("vit_b"), label_names=LABELS, text_encoder=text)
+    assert net.tal.proj.in_features == 16 and net.checkpoint_identity()["text_encoder"]["text_encoder"] == "open_clip"
+    assert net(torch.rand(1, 3, 64, 64)).shape == (1, 2, 64, 64)
+    with pytest.raises(CheckpointError, match="does not exist"):
+        CLIPTextEncoder(tmp_path / "absent.pt", model_config=cfg)
+    bad = tmp_path / "bad.pt"
+    torch.save({"foo": torch.zeros(1)}, bad)
+    with pytest.raises(CheckpointError, match="bad.pt.*not an open_clip"):
+        CLIPTextEncoder(bad, model_config=cfg)
+
+
+@pytest.mark.parametrize("method", ["svd", "lora"])
+def test_adapter_only_checkpoint_round_trip_and_refusals(method, tmp_path):
+    net = tiny(method=method)
+    with torch.no_grad():
+        for n, p in net.named_parameters():
+            if p.requires_grad:
+                p.add_(0.05 * torch.randn_like(p))
+    sd = net.state_dict()
+    trainable = {n for n, p in net.named_parameters() if p.requires_grad}
+    assert set(sd) - {"_extra_state"} == trainable
+    assert sd["_extra_state"]["backbone"] == "vit_b" and sd["_extra_state"]["labels"] == LABELS
+    path = tmp_path / "adapter.pt"
+    torch.save(sd, path)
+    assert path.stat().st_size < 0.5 * sum(v.numel() * 4 for v in net.sam.state_dict().values())
+    fresh = tiny(method=method).eval()
+    fresh.load_state_dict(torch.load(path, weights_only=True))
+    x = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(fresh(x), net.eval()(x))
+    with pytest.raises(CheckpointError, match="Differs: labels"):
+        tiny(method=method, label_names=["gland"]).load_state_dict(torch.load(path, weights_only=True), strict=False)
+    with pytest.raises(CheckpointError, match="trained on backbone 'vit_b'.*this model is SSAM on 'lite_medsam'"):
+        tiny("lite_medsam", method=method).load_state_dict(torch.load(path, weights_only=True), strict=False)
+    other = "lora" if method == "svd" else "svd"
+    with pytest.raises(CheckpointError, match="adaptation"):
+        tiny(method=other).load_state_dict(torch.load(path, weights_only=True), strict=False)
+
+
+def test_vit_checkpoint_resampled_to_working_size(tmp_path):
+    torch.manual_seed(0)
+    big = tiny_backbone("vit_b", image_size=128)  # 8x8 tokens, like SAM's 1024 px checkpoint
+    path = tmp_path / "sam.pth"
+    torch.save(big.state_dict(), path)
+    net = SSAM("vit_b", checkpoint=path, label_names=["gland"], image_size=64, **{
+        k: v for k, v in TINY_ARCH["vit_b"].items() if k != "image_size"})
+    assert net.sam.embedding_size == (4, 4) and tuple(net.sam.dense_pe().shape[-2:]) == (4, 4)
+    pe = net.sam.image_encoder.pos_embed
+    assert pe.shape == (1, 4, 4, 32) and pe.requires_grad
+    ref = torch.nn.functional.interpolate(big.image_encoder.pos_embed.permute(0, 3, 1, 2), size=(4, 4), mode="bicubic")
+    torch.testing.assert_close(pe.detach(), ref.permute(0, 2, 3, 1))
+    assert net(torch.rand(1, 3, 64, 64)).shape == (1, 1, 64, 64)
+    with pytest.raises(CheckpointError, match="sam.pth.*does not fit"):  # a real mismatch still fails
+        FrozenSAM("vit_b", checkpoint=path, **{**TINY_ARCH["vit_b"], "encoder_embed_dim": 48})
+
+
+def test_assemble_labels_resolves_overlaps_by_score():
+    logits = torch.full((2, 2, 3), -5.0)
+    logits[0, 0, :2] = 3.0   # label 1 strong on two pixels
+    logits[1, 0, 1:] = 4.0   # label 2 stronger on the overlap and alone on the third
+    out = AssembleLabels(values=[1, 2])(logits)
+    assert out.shape == (1, 2, 3)
+    assert out[0, 0].tolist() == [1, 2, 2] and out[0, 1].tolist() == [0, 0, 0]
+    with pytest.raises(ValueError, match="2 label channels but 3"):
+        AssembleLabels(values=[1, 2, 4])(logits)
