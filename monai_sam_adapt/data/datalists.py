@@ -59,6 +59,8 @@ def split_by_case(cases: Sequence[str], val_fraction: float, seed: int = 0) -> t
     shuffled = cases[:]
     rng.shuffle(shuffled)
     n_val = int(round(len(cases) * val_fraction))
+    if val_fraction > 0 and len(cases) > 1:
+        n_val = max(1, n_val)  # a small dataset still gets one held-out case
     val = sorted(shuffled[:n_val])
     return [c for c in cases if c not in set(val)], val
 

@@ -11,7 +11,7 @@ from monai.utils import ensure_tuple
 
 from ..transforms.dictionary import InputError
 
-__all__ = ["attach_resume", "check_datalist", "load_datalist"]
+__all__ = ["attach_resume", "check_datalist", "from_engine_channel", "load_datalist"]
 
 
 def check_datalist(data: Sequence[dict], keys: Sequence[str] = ("image", "label"), required: Sequence[str] = ("image",),
@@ -35,13 +35,21 @@ def check_datalist(data: Sequence[dict], keys: Sequence[str] = ("image", "label"
     return list(data)
 
 
-def load_datalist(datalist: str | os.PathLike, dataset_dir: str | os.PathLike, key: str,
+def load_datalist(datalist: str | os.PathLike | dict, dataset_dir: str | os.PathLike, key: str,
                   keys: Sequence[str] = ("image", "label"), required: Sequence[str] = ("image",)) -> list[dict]:
-    """``monai.data.load_decathlon_datalist`` with paths resolved against ``dataset_dir`` and checked."""
-    if not Path(datalist).is_file():
-        raise InputError(f"datalist {str(datalist)!r} does not exist.")
+    """``monai.data.load_decathlon_datalist`` with paths resolved against ``dataset_dir`` and checked. ``datalist`` is a
+    JSON file, or the same content as a dict (what ``monai_sam_adapt.data`` layouts return, e.g. ``lits_datalist``)."""
     if not Path(dataset_dir).is_dir():
         raise InputError(f"dataset_dir {str(dataset_dir)!r} does not exist.")
+    if isinstance(datalist, dict):
+        if key not in datalist:
+            raise InputError(f"datalist has no {key!r} list (it has {sorted(datalist)}).")
+        data = [{k: ([os.path.join(dataset_dir, f) for f in v] if k in keys and isinstance(v, list)
+                     else os.path.join(dataset_dir, v) if k in keys and isinstance(v, str) else v)
+                 for k, v in item.items()} for item in datalist[key]]
+        return check_datalist(data, keys, required, source=f"{key} list of the datalist of {str(dataset_dir)!r}")
+    if not Path(datalist).is_file():
+        raise InputError(f"datalist {str(datalist)!r} does not exist.")
     try:
         data = load_decathlon_datalist(str(datalist), is_segmentation=True, data_list_key=key, base_dir=str(dataset_dir))
     except (ValueError, KeyError) as e:
@@ -59,3 +67,16 @@ def attach_resume(engine, checkpoint: str | os.PathLike | None, load_dict: dict,
     from monai.handlers import CheckpointLoader
 
     CheckpointLoader(str(checkpoint), load_dict, map_location=map_location).attach(engine)
+
+
+def from_engine_channel(keys: Sequence[str] = ("pred", "label"), channel: int = 0):
+    """``monai.handlers.from_engine`` restricted to one channel of each item: a metric per label
+    (``"output_transform": "$monai_sam_adapt.engines.from_engine_channel(['pred', 'label'], 1)"``)."""
+    from monai.handlers import from_engine
+
+    get = from_engine(list(keys))
+
+    def _transform(output):
+        return tuple([x[channel:channel + 1] for x in items] for items in get(output))
+
+    return _transform

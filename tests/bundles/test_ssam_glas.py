@@ -1,0 +1,89 @@
+"""ssam_glas: train -> resume -> evaluate -> inference on a tiny S-SAM, adapter-only checkpoints, DDP with 2 CPU
+processes, and the LoRA baseline through the same config."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from monai_sam_adapt.data import kvasir_datalist, write_datalist
+from tests.bundles.helpers import REPO, chain, read_metrics, run_workflow, tiny_network_override
+
+BUNDLE = "ssam_glas"
+
+
+def tiny(method="svd", **extra):
+    return tiny_network_override("monai_sam_adapt.networks.SSAM", label_names=["gland"], method=method, **extra)
+
+
+@pytest.mark.parametrize("method", ["svd", "lora"])
+def test_train_evaluate_infer_tiny(polyp_folder, tmp_path, method):
+    datalist = write_datalist(kvasir_datalist(polyp_folder), tmp_path / "dl.json")
+    run_dir, models = tmp_path / "run", tmp_path / "models"
+    common = dict(dataset_dir=str(polyp_folder), datalist=str(datalist), num_workers=0)
+    run_workflow(BUNDLE, "train.json", output_dir=str(run_dir), ckpt_dir=str(models), max_epochs=2, val_interval=1,
+                 **common, **tiny(method))
+    model = models / "model.pt"
+    sd = torch.load(model, weights_only=True)
+    extra = sd.pop("_extra_state")
+    assert extra["method"] == "SSAM" and extra["adaptation"]["method"] == method and extra["labels"] == ["gland"]
+    names = {k.split(".")[-1] for k in sd}
+    expected = {"A", "B"} if method == "svd" else {"lora_A", "lora_B"}
+    assert expected <= names and not {"U", "S", "Vh", "W"} & names  # trained tensors only
+    assert list((run_dir / "checkpoints").glob("checkpoint_epoch=2.pt")), "resumable checkpoint per epoch"
+    assert list(run_dir.glob("events.out.tfevents.*")), "TensorBoard logs"
+    run_workflow(BUNDLE, "train.json", output_dir=str(run_dir), ckpt_dir=str(models), max_epochs=3, val_interval=1,
+                 resume_from=str(next((run_dir / "checkpoints").glob("*.pt"))), **common, **tiny(method))
+    assert list((run_dir / "checkpoints").glob("checkpoint_epoch=3.pt"))
+
+    ev = tmp_path / "eval"
+    run_workflow(BUNDLE, "evaluate.json", output_dir=str(ev), model_path=str(model), **common, **tiny(method))
+    assert {"val_mean_dice", "val_hd95", "val_mean_iou"} <= set(read_metrics(ev / "metrics.csv"))
+    assert (ev / "overlays.png").exists()
+
+    dl = kvasir_datalist(polyp_folder)
+    for e in dl["testing"]:
+        e.pop("label")
+    images_only = write_datalist(dl, tmp_path / "images_only.json")
+    pred = tmp_path / "pred"
+    run_workflow(BUNDLE, "inference.json", output_dir=str(pred), model_path=str(model),
+                 **{**common, "datalist": str(images_only)}, **tiny(method))
+    for name in ("case4", "case5"):
+        mask = np.asarray(Image.open(pred / f"{name}.png"))
+        src = Image.open(polyp_folder / "images" / f"{name}.png")
+        assert mask.shape == (src.height, src.width)
+
+    # weights of one adaptation are refused by the other, with the reason
+    other = "lora" if method == "svd" else "svd"
+    with pytest.raises(Exception) as e:
+        run_workflow(BUNDLE, "evaluate.json", output_dir=str(tmp_path / "ev2"), model_path=str(model), **common,
+                     **tiny(other))
+    assert "Differs: adaptation" in chain(e.value)
+
+
+def test_ddp_two_cpu_processes(polyp_folder, tmp_path):
+    dl = kvasir_datalist(polyp_folder)
+    dl["validation"].append(dl["training"].pop())
+    datalist = write_datalist(dl, tmp_path / "dl.json")
+    args = {"dataset_dir": str(polyp_folder), "datalist": str(datalist), "num_workers": 0, "max_epochs": 2,
+            "val_interval": 1, "batch_size": 1, "output_dir": str(tmp_path / "run"),
+            "ckpt_dir": str(tmp_path / "models"), **tiny()}
+    (tmp_path / "args.json").write_text(json.dumps(args))
+    cfg = f"bundles/{BUNDLE}/configs"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port",
+           str(29500 + (os.getpid() + 7) % 1000), "-m", "monai.bundle", "run", "training", "--config_file",
+           f"['{cfg}/train.json','{cfg}/multi_gpu_train.json']", "--meta_file", f"{cfg}/metadata.json",
+           "--logging_file", f"{cfg}/logging.conf", "--args_file", str(tmp_path / "args.json")]
+    res = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600,
+                         env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert res.returncode == 0, res.stderr[-4000:]
+    sd = torch.load(tmp_path / "models" / "model.pt", weights_only=True)
+    assert not [k for k in sd if k.startswith("module.")], "DDP wrapper names must not leak into the adapter file"
+    assert "Epoch[2] Metrics" in res.stdout + res.stderr
