@@ -93,6 +93,26 @@ def test_split_by_case():
     assert len(va) == 4 and not set(tr) & set(va) and len(tr) + len(va) == 20
     with pytest.raises(ValueError):
         split_by_case(["a"], 1.0)
+    # a small dataset still holds one case out; a single case stays in training
+    assert [len(x) for x in split_by_case(["a", "b", "c"], 0.1)] == [2, 1]
+    assert split_by_case(["a"], 0.1) == (["a"], [])
+    assert split_by_case(["a", "b"], 0.0) == (["a", "b"], [])
+
+
+def test_load_datalist_from_dict_resolves_and_checks(tmp_path):
+    from monai_sam_adapt.engines import load_datalist
+    from monai_sam_adapt.transforms import InputError
+
+    (tmp_path / "a.nii.gz").write_bytes(b"x")
+    (tmp_path / "b.nii.gz").write_bytes(b"x")
+    dl = {"testing": [{"image": ["a.nii.gz", "b.nii.gz"], "label": "a.nii.gz", "case": "p1"}]}
+    out = load_datalist(dl, tmp_path, "testing", required=["image", "label"])
+    assert out == [{"image": [str(tmp_path / "a.nii.gz"), str(tmp_path / "b.nii.gz")],
+                    "label": str(tmp_path / "a.nii.gz"), "case": "p1"}]
+    with pytest.raises(InputError, match="has no 'training' list"):
+        load_datalist(dl, tmp_path, "training")
+    with pytest.raises(InputError, match="c.nii.gz' does not exist"):
+        load_datalist({"testing": [{"image": "c.nii.gz"}]}, tmp_path, "testing")
 
 
 @pytest.mark.integration

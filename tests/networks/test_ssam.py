@@ -147,3 +147,14 @@ def test_assemble_labels_resolves_overlaps_by_score():
     assert out[0, 0].tolist() == [1, 2, 2] and out[0, 1].tolist() == [0, 0, 0]
     with pytest.raises(ValueError, match="2 label channels but 3"):
         AssembleLabels(values=[1, 2, 4])(logits)
+
+
+def test_full_size_vit_b_share_at_most_half_a_percent():
+    """The real SAM ViT-B at S-SAM's 256 px (built on the meta device: shapes only), with a 512-d CLIP text feature."""
+    with torch.device("meta"):
+        net = SSAM("vit_b", checkpoint=None, label_names=["gland"], image_size=256)
+        clip_tal = torch.nn.Linear(512, 256)
+    c = net.count_parameters()
+    trainable = c["trainable"] - sum(p.numel() for p in net.tal.parameters()) + sum(p.numel() for p in clip_tal.parameters())
+    assert c["total"] > 90_000_000 and trainable / c["total"] <= 0.005
+    assert net.sam.image_encoder.pos_embed.shape == (1, 16, 16, 768) and net.sam.embedding_size == (16, 16)

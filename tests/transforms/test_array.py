@@ -135,3 +135,11 @@ def test_box_from_label(to_type):
         BoxFromLabel(empty="error")(to_type(lab))
     with pytest.raises(ValueError, match="channel-first 2D"):
         BoxFromLabel()(np.zeros((1, 2, 2, 2)))
+
+
+def test_metric_per_channel_output_transform():
+    from monai_sam_adapt.engines import from_engine_channel
+
+    batch = [{"pred": torch.arange(6.0).reshape(3, 2), "label": -torch.arange(6.0).reshape(3, 2)}]
+    pred, label = from_engine_channel(["pred", "label"], 1)(batch)
+    assert pred[0].tolist() == [[2.0, 3.0]] and label[0].tolist() == [[-2.0, -3.0]]
