@@ -87,3 +87,19 @@ def test_ddp_two_cpu_processes(polyp_folder, tmp_path):
     sd = torch.load(tmp_path / "models" / "model.pt", weights_only=True)
     assert not [k for k in sd if k.startswith("module.")], "DDP wrapper names must not leak into the adapter file"
     assert "Epoch[2] Metrics" in res.stdout + res.stderr
+
+
+def test_clip_text_encoder_through_the_config(polyp_folder, tmp_path, tiny_clip):
+    """The label name through a (tiny, random) open_clip checkpoint named on the command line, as a user would."""
+    ckpt, cfg = tiny_clip
+    datalist = write_datalist(kvasir_datalist(polyp_folder), tmp_path / "dl.json")
+    text = {"checkpoint": str(ckpt), "model_config": str(cfg)}
+    common = dict(dataset_dir=str(polyp_folder), datalist=str(datalist), num_workers=0)
+    run_workflow(BUNDLE, "train.json", output_dir=str(tmp_path / "run"), ckpt_dir=str(tmp_path / "models"),
+                 max_epochs=1, val_interval=1, **common, **tiny(text_encoder=text))
+    sd = torch.load(tmp_path / "models" / "model.pt", weights_only=True)
+    assert sd["_extra_state"]["text_encoder"]["text_encoder"] == "open_clip" and sd["tal.proj.weight"].shape[1] == 16
+    with pytest.raises(Exception) as e:  # the same weights with the offline encoder: refused, saying why
+        run_workflow(BUNDLE, "evaluate.json", output_dir=str(tmp_path / "ev"), model_path=str(tmp_path / "models" / "model.pt"),
+                     **common, **tiny())
+    assert "Differs: text_encoder" in chain(e.value)
