@@ -171,10 +171,11 @@ class SaveDicomSegd(MapTransform):
     def __call__(self, data: Mapping[Hashable, Any]) -> dict:
         d = dict(data)
         src = d[self.source_key]
-        source = getattr(src, "meta", {}).get("filename_or_obj") if hasattr(src, "meta") else src
+        source = src if isinstance(src, (str, os.PathLike)) else getattr(src, "meta", {}).get("filename_or_obj")
         if not source:
             raise InputError(f"{self.source_key!r} has no source file name to reference in the DICOM SEG.")
+        name = Path(str(source).rstrip("/")).name.split(".")[0]
         for key in self.key_iterator(d):
-            name = Path(str(source).rstrip("/")).name.split(".")[0]
-            write_dicom_seg(d[key], source, self.output_dir / f"{name}_seg.dcm", self.names, self.values)
+            suffix = "_seg" if key == self.first_key(d) else f"_{key}_seg"
+            write_dicom_seg(d[key], source, self.output_dir / f"{name}{suffix}.dcm", self.names, self.values)
         return d

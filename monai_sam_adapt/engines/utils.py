@@ -44,9 +44,12 @@ def load_datalist(datalist: str | os.PathLike | dict, dataset_dir: str | os.Path
     if isinstance(datalist, dict):
         if key not in datalist:
             raise InputError(f"datalist has no {key!r} list (it has {sorted(datalist)}).")
-        data = [{k: ([os.path.join(dataset_dir, f) for f in v] if k in keys and isinstance(v, list)
-                     else os.path.join(dataset_dir, v) if k in keys and isinstance(v, str) else v)
-                 for k, v in item.items()} for item in datalist[key]]
+        def resolve(k: str, v):
+            if k not in keys:
+                return v
+            return [os.path.join(dataset_dir, f) for f in v] if isinstance(v, list) else os.path.join(dataset_dir, v)
+
+        data = [{k: resolve(k, v) for k, v in item.items()} for item in datalist[key]]
         return check_datalist(data, keys, required, source=f"{key} list of the datalist of {str(dataset_dir)!r}")
     if not Path(datalist).is_file():
         raise InputError(f"datalist {str(datalist)!r} does not exist.")
