@@ -96,8 +96,8 @@ def label_frames(label: Any, datasets: Sequence, space: str | None = None) -> np
 
 def write_dicom_seg(label: Any, source: str | os.PathLike | Sequence, filename: str | os.PathLike,
                     label_names: Sequence[str], label_values: Sequence[int] | None = None,
-                    algorithm: str = "monai_sam_adapt", series_description: str = "monai_sam_adapt segmentation"
-                    ) -> Path:
+                    algorithm: str = "monai_sam_adapt", series_description: str = "monai_sam_adapt segmentation",
+                    algorithm_type: str = "automatic") -> Path:
     """Write ``label`` as a DICOM SEG (binary, one segment per label) referencing the ``source`` series; atomic.
 
     Args:
@@ -106,12 +106,14 @@ def write_dicom_seg(label: Any, source: str | os.PathLike | Sequence, filename: 
         filename: output ``.dcm``.
         label_names: segment labels, in ``label_values`` order.
         label_values: the label value of each name. Default ``1..K``.
+        algorithm_type: ``"automatic"``, ``"semiautomatic"`` (edited in a viewer) or ``"manual"``.
     """
     import highdicom as hd
     from pydicom.sr.coding import Code
 
     import monai_sam_adapt
 
+    kind = hd.seg.SegmentAlgorithmTypeValues[algorithm_type.upper()]
     values = list(label_values) if label_values is not None else list(range(1, len(label_names) + 1))
     if len(values) != len(label_names):
         raise ValueError(f"{len(label_names)} label names but {len(values)} label values.")
@@ -132,7 +134,7 @@ def write_dicom_seg(label: Any, source: str | os.PathLike | Sequence, filename: 
             segment_number=i, segment_label=name,
             segmented_property_category=Code("91723000", "SCT", "Anatomical Structure"),
             segmented_property_type=Code(value, "SCT", meaning),
-            algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC, algorithm_identification=algo))
+            algorithm_type=kind, algorithm_identification=None if kind.value == "MANUAL" else algo))
     seg = hd.seg.Segmentation(
         source_images=datasets, pixel_array=seg_numbers, segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
         segment_descriptions=descriptions, series_instance_uid=hd.UID(), series_number=900,

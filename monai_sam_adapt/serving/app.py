@@ -1,0 +1,126 @@
+"""The MONAI Label app: every bundle with weights as an automatic model, interactive SAM, bundle training."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+from monailabel.config import settings
+from monailabel.datastore.dicom import DICOMwebClientX
+from monailabel.interfaces.app import MONAILabelApp
+from monailabel.interfaces.datastore import Datastore
+from monailabel.interfaces.tasks.infer_v2 import InferTask
+from monailabel.interfaces.tasks.train import TrainTask
+
+import monai_sam_adapt
+
+from .datastore import CheckedLocalDatastore, SegDICOMWebDatastore
+from .errors import RequestError
+from .infer import BundleInferTask, InteractiveSAMTask, bundle_labels
+from .train import BundleTrainTask
+
+__all__ = ["SAMAdaptApp", "INTERACTIVE", "default_bundles_dir", "served_bundles"]
+
+logger = logging.getLogger(__name__)
+
+#: Name of the interactive model in ``/info/``.
+INTERACTIVE = "sam_interactive"
+
+
+def default_bundles_dir() -> Path:
+    """``bundles/`` beside the package (a clone or an editable install)."""
+    return Path(monai_sam_adapt.__file__).resolve().parents[1] / "bundles"
+
+
+def served_bundles(bundles_dir: str | os.PathLike, models: str = "all") -> dict[str, Path]:
+    """The bundles to serve: ``models`` is ``"all"`` (every bundle with ``models/model.pt``) or comma-separated
+    names, each of which must be a bundle with weights (a clear error otherwise)."""
+    root = Path(bundles_dir)
+    if not root.is_dir():
+        raise FileNotFoundError(f"bundles folder {str(root)!r} does not exist (set --conf bundles <folder>).")
+    found = {p.name: p for p in sorted(root.iterdir()) if (p / "configs" / "inference.json").is_file()}
+    trained = {n: p for n, p in found.items() if (p / "models" / "model.pt").is_file()}
+    wanted = [m.strip() for m in models.split(",") if m.strip() and m.strip() != INTERACTIVE]
+    if models.strip() == "all":
+        return trained
+    missing = [m for m in wanted if m not in found]
+    untrained = [m for m in wanted if m in found and m not in trained]
+    if missing or untrained:
+        raise ValueError(f"--conf models {models!r}: " + "; ".join(
+            ([f"no bundle {missing} in {str(root)!r} (bundles: {sorted(found)})"] if missing else [])
+            + ([f"{untrained} have no models/model.pt yet (train them first)"] if untrained else [])))
+    return {m: trained[m] for m in wanted}
+
+
+class SAMAdaptApp(MONAILabelApp):
+    """MONAI Label app serving monai_sam_adapt's bundles.
+
+    ``--conf`` keys (``monailabel start_server ... --conf KEY VALUE``):
+
+    - ``models``: ``all`` (default) or comma-separated bundle names; every bundle under ``bundles`` with
+      ``models/model.pt`` is an automatic segmentation model named after its folder, labels from its metadata;
+      ``sam_interactive`` (clicks/box/mask refinement on the frozen backbone) is always served.
+    - ``bundles``: the bundles folder (default: ``bundles/`` of this checkout).
+    - ``backbone`` / ``checkpoint``: the interactive model's frozen SAM (default LiteMedSAM, offline).
+    - ``device``: ``cuda`` or ``cpu`` (default: CUDA when available).
+
+    Nothing is downloaded at start: no model zoo, no SAM2, no dcmqi (DICOM SEG is written with highdicom).
+    """
+
+    def __init__(self, app_dir: str, studies: str, conf: dict[str, str]) -> None:
+        conf = dict(conf or {})
+        self.bundles_dir = Path(conf.get("bundles") or default_bundles_dir()).resolve()
+        self.bundles = served_bundles(self.bundles_dir, conf.get("models", "all"))
+        self.device = conf.get("device") or None
+        self.model_dir = Path(app_dir) / "model"
+        labels: dict[str, int] = {}
+        for path in self.bundles.values():
+            for name, value in bundle_labels(path).items():
+                labels.setdefault(name, value)
+        self.served_labels = labels
+        super().__init__(app_dir=app_dir, studies=studies, conf=conf, name="monai_sam_adapt",
+                         description="Fully automatic SAM (AutoSAM, S-SAM) and interactive SAM refinement",
+                         version=monai_sam_adapt.__version__, labels=None)
+
+    def init_datastore(self) -> Datastore:
+        studies = self.studies.rstrip("/").strip()
+        if studies.startswith(("http://", "https://")):
+            self.studies = studies
+            client = DICOMwebClientX(url=studies, qido_url_prefix=settings.MONAI_LABEL_QIDO_PREFIX,
+                                     wado_url_prefix=settings.MONAI_LABEL_WADO_PREFIX,
+                                     stow_url_prefix=settings.MONAI_LABEL_STOW_PREFIX)
+            return SegDICOMWebDatastore(
+                client=client, search_filter=settings.MONAI_LABEL_DICOMWEB_SEARCH_FILTER,
+                cache_path=settings.MONAI_LABEL_DICOMWEB_CACHE_PATH or None,
+                fetch_by_frame=settings.MONAI_LABEL_DICOMWEB_FETCH_BY_FRAME,
+                convert_to_nifti=settings.MONAI_LABEL_DICOMWEB_CONVERT_TO_NIFTI, labels=self.served_labels)
+        return CheckedLocalDatastore(studies, extensions=settings.MONAI_LABEL_DATASTORE_FILE_EXT,
+                                     auto_reload=settings.MONAI_LABEL_DATASTORE_AUTO_RELOAD,
+                                     read_only=settings.MONAI_LABEL_DATASTORE_READ_ONLY)
+
+    def init_infers(self) -> dict[str, InferTask]:
+        infers: dict[str, InferTask] = {
+            name: BundleInferTask(path, device=self.device, trained_path=self.model_dir / name / "model.pt")
+            for name, path in self.bundles.items()
+        }
+        infers[INTERACTIVE] = InteractiveSAMTask(self.conf.get("backbone", "lite_medsam"),
+                                                 self.conf.get("checkpoint", "default"), device=self.device)
+        return infers
+
+    def init_trainers(self) -> dict[str, TrainTask]:
+        return {name: BundleTrainTask(path, ckpt_dir=self.model_dir / name, output_dir=self.model_dir / name / "runs")
+                for name, path in self.bundles.items()}
+
+    def infer(self, request: dict[str, Any], datastore: Datastore | None = None) -> dict[str, Any]:
+        """MONAI Label's inference, refusing an unknown model or image id with a 404 that names it."""
+        model = request.get("model")
+        if model not in self._infers:
+            raise RequestError(f"unknown model {model!r}; served models: {sorted(self._infers)}.", 404)
+        image = request.get("image")
+        if isinstance(image, str) and not os.path.exists(image):
+            store = datastore or self.datastore()
+            if image not in store.list_images():
+                raise RequestError(f"unknown image {image!r}: not in the datastore {store.name()!r}.", 404)
+        return super().infer(request, datastore)

@@ -1,0 +1,115 @@
+"""MONAI Label datastores that check what they are given and write DICOM SEG with highdicom."""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from monailabel.datastore.dicom import DICOMWebDatastore
+from monailabel.datastore.local import LocalDatastore
+from monailabel.datastore.utils.dicom import dicom_web_upload_dcm
+from monailabel.interfaces.datastore import DefaultLabelTag
+
+from ..dicom_seg import write_dicom_seg
+from ..transforms.dictionary import InputError, LoadMedicalImaged
+from .errors import RequestError
+
+__all__ = ["CheckedDatastoreMixin", "CheckedLocalDatastore", "SegDICOMWebDatastore", "label_names_of"]
+
+logger = logging.getLogger(__name__)
+
+
+def _load(path: str, what: str):
+    try:
+        return LoadMedicalImaged("x")({"x": path})["x"]
+    except InputError as e:
+        raise RequestError(f"{what}: {e}", 400) from e
+
+
+def label_names_of(values: list[int], info: dict[str, Any], known: dict[str, int]) -> list[str]:
+    """A name for every label value: from the request's ``label_names`` ({name: value}, as our models return) or
+    ``label_info`` ([{"name", "idx"}], as OHIF sends), else the served models' labels, else ``"label <value>"``."""
+    by_value = {int(v): n for n, v in known.items()}
+    params = info.get("params") if isinstance(info.get("params"), dict) else {}
+    for source in (params.get("label_names"), info.get("label_names")):
+        if isinstance(source, dict):
+            by_value.update({int(v): str(n) for n, v in source.items()})
+    for i, item in enumerate(info.get("label_info") or [], start=1):
+        if isinstance(item, dict) and item.get("name"):
+            by_value[int(item.get("idx", i))] = str(item["name"])
+    return [by_value.get(v, f"label {v}") for v in values]
+
+
+class CheckedDatastoreMixin:
+    """Refuse, with a 4xx naming the file, an image that cannot be read or a label not on its image's grid."""
+
+    def add_image(self, image_id: str, image_filename: str, image_info: dict[str, Any]) -> str:
+        _load(image_filename, f"image upload {image_id or Path(image_filename).name!r}")
+        return super().add_image(image_id, image_filename, image_info)  # type: ignore[misc]
+
+    def check_label(self, image_id: str, label_filename: str):
+        """The label as loaded, after checking it is readable, single-channel and on the image's grid."""
+        image_uri = self.get_image_uri(image_id)  # type: ignore[attr-defined]
+        if not image_uri:
+            raise RequestError(f"image {image_id!r} is not in the datastore: save its label after adding it.", 404)
+        label = _load(label_filename, f"label for image {image_id!r}")
+        image = _load(image_uri, f"image {image_id!r}")
+        if label.shape[0] != 1 or tuple(label.shape[1:]) != tuple(image.shape[1:]):
+            raise RequestError(
+                f"label for image {image_id!r} has shape {tuple(label.shape)}; the image is "
+                f"{tuple(image.shape[1:])}: a label must be one channel on the image's grid.", 400)
+        return label
+
+    def save_label(self, image_id: str, label_filename: str, label_tag: str, label_info: dict[str, Any]) -> str:
+        if not label_filename.endswith(".bin"):  # OHIF's raw buffers are converted by MONAI Label itself
+            self.check_label(image_id, label_filename)
+        return super().save_label(image_id, label_filename, label_tag, label_info)  # type: ignore[misc]
+
+
+class CheckedLocalDatastore(CheckedDatastoreMixin, LocalDatastore):
+    """MONAI Label's folder datastore, checking uploads and labels."""
+
+
+class SegDICOMWebDatastore(CheckedDatastoreMixin, DICOMWebDatastore):
+    """MONAI Label's DICOMweb datastore whose final labels go to the archive as DICOM SEG written by highdicom
+    (:func:`monai_sam_adapt.dicom_seg.write_dicom_seg`), referencing the source series, geometry sampled through the
+    label's affine; no dcmqi download and no ``pydicom-seg`` writer.
+
+    Args:
+        labels: ``{name: value}`` of the served models, to name segments a request leaves unnamed.
+        kwargs: :class:`monailabel.datastore.dicom.DICOMWebDatastore`'s.
+    """
+
+    def __init__(self, *args: Any, labels: dict[str, int] | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.labels = dict(labels or {})
+
+    def json(self) -> dict[str, Any]:
+        """The datastore listing: every series of the archive (QIDO), with what the local cache knows of it."""
+        out = super().json()
+        objects = out.setdefault("objects", {})
+        for series in self.list_images():
+            objects.setdefault(series, {"image": {"info": {"SeriesInstanceUID": series}}, "labels": {}})
+        return out
+
+    def save_label(self, image_id: str, label_filename: str, label_tag: str, label_info: dict[str, Any],
+                   label_id: str = "") -> str:
+        if label_tag != DefaultLabelTag.FINAL or label_filename.endswith(".bin"):
+            return super().save_label(image_id, label_filename, label_tag, label_info)
+        label = self.check_label(image_id, label_filename)
+        values = sorted(int(v) for v in set(label.unique().tolist()) - {0})
+        names = label_names_of(values, label_info, self.labels)
+        series_dir = os.path.realpath(os.path.join(self._datastore.image_path(), image_id))
+        with tempfile.TemporaryDirectory() as tmp:
+            seg = write_dicom_seg(label, series_dir, Path(tmp) / "seg.dcm", names, values,
+                                  algorithm_type="semiautomatic" if label_info.get("model") is None else "automatic")
+            seg_series = dicom_web_upload_dcm(str(seg), self._client)
+        info = self.get_image_info(image_id)
+        label_info = {**label_info, "SeriesInstanceUID": seg_series, "Modality": info.get("Modality"),
+                      "PatientID": info.get("PatientID"), "StudyInstanceUID": info.get("StudyInstanceUID"),
+                      "label_names": dict(zip(names, values))}
+        logger.info(f"DICOM SEG {seg_series} for series {image_id}: segments {dict(zip(names, values))}")
+        return LocalDatastore.save_label(self, image_id, label_filename, label_tag, label_info)
