@@ -10,3 +10,7 @@ Needs the ``monailabel`` extra (``pip install monai_sam_adapt[monailabel]``). Pi
 - :mod:`.infer`, :mod:`.train`, :mod:`.datastore`: its tasks and datastores.
 - :mod:`.orthanc`: start Orthanc with DICOMweb on loopback, remote access refused.
 """
+
+from .compat import install_pydicom_bridge
+
+install_pydicom_bridge()  # before any MONAI Label module imports pydicom-seg

@@ -225,8 +225,8 @@ class InteractiveSAMTask(InferTask):
       column then row). A volume is handled slice by slice, on the slices that have clicks or a box.
     - ``box``: ``[x0, y0, x1, y1]`` (2D) or ``[x0, y0, x1, y1, z]`` in the same indices.
     - a ``label`` file (the automatic mask to refine) with ``label_value`` (default 1): on every clicked slice that
-      label's region is given to SAM as a mask prompt together with the clicks, and replaced by the result; the rest
-      of the label map is returned unchanged.
+      label's region is given to SAM as a mask prompt together with the clicks, and replaced by the result (never
+      over another label's voxels); the rest of the label map is returned unchanged.
     - ``ct_window``: a :data:`~monai_sam_adapt.transforms.CT_WINDOWS` preset applied before SAM's per-slice scaling.
 
     LiteMedSAM (like MedSAM) was trained with box prompts only: a point alone gives it no usable mask (measured in
@@ -321,7 +321,7 @@ class InteractiveSAMTask(InferTask):
                 mask = self._segment_plane(sam, plane, prompts, prior, device)
                 target = result[..., k] if ndim == 3 else result
                 target[target == value] = 0
-                target[mask] = value
+                target[mask & (target == 0)] = value  # other labels' voxels are never taken over
         return self._write(result, image), {"slices": sorted(by_slice), "label_value": value}
 
     def _segment_plane(self, sam: FrozenSAM, plane: torch.Tensor, prompts: dict, prior: torch.Tensor | None,

@@ -3,7 +3,8 @@
 It is MONAI Label's own FastAPI app (``monailabel.app:app``) with three changes, each for a measured obstacle of
 MONAI Label 0.8.5 under monai 1.6 / pydicom 3:
 
-1. it starts: :func:`~.compat.install_pydicom_bridge` runs before MONAI Label imports ``pydicom-seg``;
+1. it starts: importing ``monai_sam_adapt.serving`` installs :func:`~.compat.install_pydicom_bridge` before
+   MONAI Label imports ``pydicom-seg``;
 2. a request the server cannot serve as sent (unknown model or image, unreadable upload, label of the wrong shape)
    is answered with a 4xx and its message, not an empty 500, and the server keeps serving;
 3. the bundled OHIF viewer's files in sub-folders are served (MONAI Label builds their paths with ``os.pathsep``, so
@@ -15,18 +16,14 @@ from __future__ import annotations
 import mimetypes
 from pathlib import Path
 
-from .compat import install_pydicom_bridge
+import monailabel.endpoints  # the package's __init__ installed the pydicom bridge
+from fastapi import Request
+from fastapi.responses import FileResponse, JSONResponse
+from monailabel.app import app
+from monailabel.config import settings
+from monailabel.interfaces.exception import MONAILabelException
 
-install_pydicom_bridge()
-
-import monailabel.endpoints  # noqa: E402
-from fastapi import Request  # noqa: E402
-from fastapi.responses import FileResponse, JSONResponse  # noqa: E402
-from monailabel.app import app  # noqa: E402
-from monailabel.config import settings  # noqa: E402
-from monailabel.interfaces.exception import MONAILabelException  # noqa: E402
-
-from .errors import http_status  # noqa: E402
+from .errors import http_status
 
 __all__ = ["app", "ohif_file"]
 

@@ -3,8 +3,4 @@
 The app itself lives in :mod:`monai_sam_adapt.serving.app`; see the README's "Serving" section for the command.
 """
 
-from monai_sam_adapt.serving.compat import install_pydicom_bridge
-
-install_pydicom_bridge()
-
-from monai_sam_adapt.serving.app import SAMAdaptApp  # noqa: E402,F401  (MONAI Label instantiates it)
+from monai_sam_adapt.serving.app import SAMAdaptApp  # noqa: F401  (the class MONAI Label instantiates)

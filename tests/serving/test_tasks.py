@@ -1,0 +1,191 @@
+"""The MONAI Label app's pieces in-process: bundle inference, interactive SAM, training, datastores, OHIF files."""
+
+from __future__ import annotations
+
+import numpy as np
+import nibabel as nib
+import pytest
+import torch
+from PIL import Image
+
+from monai_sam_adapt.sam import tiny_backbone
+from monai_sam_adapt.serving.app import served_bundles
+from monai_sam_adapt.serving.datastore import CheckedLocalDatastore, label_names_of
+from monai_sam_adapt.serving.errors import RequestError
+from monai_sam_adapt.serving.infer import BundleInferTask, InteractiveSAMTask, click_box
+from monai_sam_adapt.serving.train import BundleTrainTask
+from tests.bundles.helpers import REPO
+from tests.bundles.test_ssam_lits import synthetic_lits
+from tests.serving.helpers import oblique_volume, tiny_bundle
+
+
+def dice(a, b):
+    return 2 * float((a & b).sum()) / float(a.sum() + b.sum())
+
+
+@pytest.fixture(scope="module")
+def lite_sam_task():
+    return InteractiveSAMTask("lite_medsam", device="cpu")
+
+
+@pytest.fixture(scope="module")
+def disk_png(tmp_path_factory):
+    """An off-centre disk in a wide image (rows != columns catches x/y swaps)."""
+    h, w = 200, 300
+    r, c = np.mgrid[:h, :w]
+    disk = (r - 60) ** 2 + (c - 220) ** 2 < 30 ** 2
+    img = np.full((h, w, 3), 40, np.uint8)
+    img[disk] = (200, 120, 90)
+    path = tmp_path_factory.mktemp("png") / "disk.png"
+    Image.fromarray(img).save(path)
+    return path, disk
+
+
+def test_bridge_lets_pydicom_seg_import_under_pydicom3():
+    from monai_sam_adapt.serving.compat import install_pydicom_bridge
+
+    install_pydicom_bridge()
+    import pydicom_seg  # noqa: F401  (MONAI Label imports it at start)
+    from pydicom._storage_sopclass_uids import SegmentationStorage
+
+    assert SegmentationStorage == "1.2.840.10008.5.1.4.1.1.66.4"
+
+
+def test_ohif_files_in_subfolders_are_served_and_nothing_outside(tmp_path):
+    from monai_sam_adapt.serving.server import ohif_file
+
+    (tmp_path / "ohif" / "assets").mkdir(parents=True)
+    (tmp_path / "ohif" / "index.html").write_text("index")
+    (tmp_path / "ohif" / "assets" / "a.js").write_text("js")
+    (tmp_path / "secret.txt").write_text("no")
+    root = tmp_path / "ohif"
+    assert ohif_file("assets/a.js", root).name == "a.js"
+    assert ohif_file("viewer", root).name == "index.html"  # the viewer's own routes
+    assert ohif_file("../secret.txt", root).name == "index.html"
+
+
+@pytest.mark.slow
+def test_clicks_and_boxes_on_real_litemedsam(lite_sam_task, disk_png, tmp_path):
+    path, disk = disk_png
+    out, _ = lite_sam_task({"image": str(path), "foreground": [[220, 60]]})  # [x, y]: column, row
+    assert dice(np.array(Image.open(out)) > 0, disk) > 0.9
+    out, _ = lite_sam_task({"image": str(path), "box": [185, 25, 255, 95]})
+    assert dice(np.array(Image.open(out)) > 0, disk) > 0.9
+    # LiteMedSAM was trained with boxes only: the same click given as a point alone finds no usable mask
+    plain = InteractiveSAMTask(lite_sam_task.sam(torch.device("cpu")), device="cpu", click_box=False)
+    out, _ = plain({"image": str(path), "foreground": [[220, 60]]})
+    assert dice(np.array(Image.open(out)) > 0, disk) < 0.5
+    # a volume: voxel indices [i, j, k]; only the clicked slice changes
+    i, j = np.mgrid[:64, :48]
+    d3 = (i - 40) ** 2 + (j - 12) ** 2 < 9 ** 2
+    vol = np.zeros((64, 48, 4), np.int16)
+    vol[..., 2][d3] = 300
+    nib.save(nib.Nifti1Image(vol, np.diag([0.7, 0.8, 3.0, 1])), tmp_path / "v.nii.gz")
+    out, params = lite_sam_task({"image": str(tmp_path / "v.nii.gz"), "foreground": [[40, 12, 2]]})
+    got = nib.load(out).get_fdata()
+    assert params["slices"] == [2] and dice(got[..., 2] > 0, d3) > 0.9
+    assert not np.delete(got, 2, axis=2).any()
+
+
+def test_refinement_replaces_only_the_clicked_slices_of_that_label(tmp_path):
+    task = InteractiveSAMTask(tiny_backbone("vit_b"), device="cpu")
+    vol = oblique_volume(tmp_path / "v.nii.gz")
+    seed = np.zeros(nib.load(vol).shape, np.uint8)
+    seed[5:20, 5:20, :] = 1
+    seed[25:30, 25:30, :] = 2
+    nib.save(nib.Nifti1Image(seed, nib.load(vol).affine), tmp_path / "seed.nii.gz")
+    out, params = task({"image": str(vol), "label": str(tmp_path / "seed.nii.gz"), "label_value": 1,
+                        "foreground": [[10, 10, 3]], "background": [[1, 1, 3]]})
+    got = nib.load(out).get_fdata()
+    assert params == {"slices": [3], "label_value": 1}
+    np.testing.assert_allclose(nib.load(out).affine, nib.load(vol).affine, atol=1e-5)
+    np.testing.assert_array_equal(np.delete(got, 3, axis=2), np.delete(seed, 3, axis=2))
+    np.testing.assert_array_equal(got[25:30, 25:30, 3], 2)  # another label's region is kept
+    assert set(np.unique(got)) <= {0, 1, 2}
+
+
+def test_interactive_requests_that_cannot_work_say_why(tmp_path):
+    task = InteractiveSAMTask(tiny_backbone("vit_b"), device="cpu")
+    vol = str(oblique_volume(tmp_path / "v.nii.gz"))
+    with pytest.raises(RequestError, match="outside the image"):
+        task({"image": vol, "foreground": [[100, 1, 1]]})
+    with pytest.raises(RequestError, match="only background"):
+        task({"image": vol, "foreground": [[3, 3, 1]], "background": [[4, 4, 2]]})
+    with pytest.raises(RequestError, match="at least one foreground"):
+        task({"image": vol})
+    nib.save(nib.Nifti1Image(np.zeros((4, 4, 4), np.uint8), np.eye(4)), tmp_path / "small.nii.gz")
+    with pytest.raises(RequestError, match="image's grid"):
+        task({"image": vol, "label": str(tmp_path / "small.nii.gz"), "foreground": [[3, 3, 1]]})
+    with pytest.raises(RequestError) as e:
+        task({"image": str(tmp_path / "missing.nii.gz"), "foreground": [[3, 3, 1]]})
+    assert e.value.status == 404
+
+
+def test_click_box_grows_clicks_or_spans_the_region():
+    assert click_box([[10, 20]], None, 5, (100, 100)) == [5.0, 15.0, 15.0, 25.0]
+    prior = torch.zeros(100, 100, dtype=torch.bool)
+    prior[30:40, 50:60] = True
+    assert click_box([[45, 55]], prior, 5, (100, 100)) == [30.0, 50.0, 45.0, 59.0]
+    assert click_box([], None, 5, (100, 100)) is None
+
+
+def test_bundle_task_keeps_geometry_and_refuses_bad_files(tmp_path):
+    task = BundleInferTask(tiny_bundle(tmp_path / "bundles"), device="cpu")
+    assert task.info()["labels"] == {"liver": 1, "tumor": 2} and task.info()["type"] == "segmentation"
+    vol = oblique_volume(tmp_path / "studies" / "v.nii.gz")
+    out, params = task({"image": str(vol)})
+    assert nib.load(out).shape == nib.load(vol).shape
+    np.testing.assert_allclose(nib.load(out).affine, nib.load(vol).affine, atol=1e-5)
+    bad = tmp_path / "bad.nii.gz"
+    bad.write_bytes(b"garbage")
+    with pytest.raises(RequestError, match="cannot read") as e:
+        task({"image": str(bad)})
+    assert e.value.status == 400
+
+
+def test_training_from_the_datastore_runs_the_bundle_train_json(tmp_path):
+    bundle = tiny_bundle(tmp_path / "bundles")
+    src = synthetic_lits(tmp_path / "lits", np.random.default_rng(0), n=3)
+    store = CheckedLocalDatastore(str(tmp_path / "studies"), extensions=["*.nii.gz"], auto_reload=False)
+    for i in range(1, 4):
+        store.add_image(f"case{i}", str(src / f"volume-{i}.nii.gz"), {})
+        store.save_label(f"case{i}", str(src / f"segmentation-{i}.nii.gz"), "final", {})
+    task = BundleTrainTask(bundle, ckpt_dir=tmp_path / "model" / "ct", output_dir=tmp_path / "runs")
+    stats = task({"max_epochs": 1, "batch_size": 1}, store)
+    assert stats["epochs"] == 1 and stats["train_images"] == 2 and stats["val_images"] == 1
+    assert (tmp_path / "model" / "ct" / "model.pt").is_file()
+    served = BundleInferTask(bundle, device="cpu", trained_path=tmp_path / "model" / "ct" / "model.pt")
+    assert served.model_path == tmp_path / "model" / "ct" / "model.pt"
+
+
+def test_datastore_refuses_corrupt_uploads_and_misfit_labels(tmp_path):
+    store = CheckedLocalDatastore(str(tmp_path / "studies"), extensions=["*.nii.gz"], auto_reload=False)
+    bad = tmp_path / "bad.nii.gz"
+    bad.write_bytes(b"garbage")
+    with pytest.raises(RequestError, match="bad.nii.gz"):
+        store.add_image("bad", str(bad), {})
+    vol = oblique_volume(tmp_path / "v.nii.gz")
+    store.add_image("v", str(vol), {})
+    nib.save(nib.Nifti1Image(np.zeros((3, 3, 3), np.uint8), np.eye(4)), tmp_path / "l.nii.gz")
+    with pytest.raises(RequestError, match="shape"):
+        store.save_label("v", str(tmp_path / "l.nii.gz"), "final", {})
+    with pytest.raises(RequestError) as e:
+        store.save_label("nope", str(tmp_path / "l.nii.gz"), "final", {})
+    assert e.value.status == 404
+
+
+def test_served_bundles_are_those_with_weights(tmp_path):
+    found = served_bundles(REPO / "bundles")
+    assert found and all((p / "models" / "model.pt").is_file() for p in found.values())
+    assert "ssam_lits" not in found  # no weights shipped
+    with pytest.raises(ValueError, match="no bundle"):
+        served_bundles(REPO / "bundles", "nope")
+    with pytest.raises(ValueError, match="no models/model.pt"):
+        served_bundles(REPO / "bundles", "ssam_lits")
+
+
+def test_segment_names_come_from_the_request_or_the_served_models():
+    known = {"liver": 1, "tumor": 2}
+    assert label_names_of([1, 2, 5], {}, known) == ["liver", "tumor", "label 5"]
+    assert label_names_of([1], {"label_info": [{"name": "spleen", "idx": 1}]}, known) == ["spleen"]
+    assert label_names_of([3], {"params": {"label_names": {"kidney": 3}}}, known) == ["kidney"]
