@@ -6,15 +6,12 @@ import ctypes
 import os
 import shutil
 import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
 pytest.importorskip("monailabel", reason="MONAI Label is not installed: pip install -e .[monailabel] (in .[test])")
 
-from monai_sam_adapt.serving.orthanc import free_port, start_orthanc, wait_http  # noqa: E402
-from tests.bundles.helpers import REPO  # noqa: E402
+from monai_sam_adapt.serving.orthanc import free_port, start_orthanc  # noqa: E402
 from tests.serving.helpers import tiny_bundle  # noqa: E402
 
 CLONE_NEWNET = 0x40000000
@@ -57,25 +54,3 @@ def served_bundles(tmp_path_factory):
     root = tmp_path_factory.mktemp("bundles")
     tiny_bundle(root, "ssam_lits", "ct_tiny")
     return root
-
-
-def start_label_server(studies: str, bundles: Path, tmp: Path, models: str = "all"):
-    """``monailabel start_server`` as the README gives it (our app folder, our uvicorn app, 127.0.0.1)."""
-    app = tmp / "app"
-    app.mkdir()
-    shutil.copy(REPO / "monai_sam_adapt" / "apps" / "monailabel" / "main.py", app / "main.py")
-    port = free_port()
-    env = {**os.environ, "MONAI_LABEL_DICOMWEB_CACHE_PATH": str(tmp / "cache"), "PYTHONUNBUFFERED": "1",
-           "MONAI_LABEL_DATASTORE_AUTO_RELOAD": "false", "OMP_NUM_THREADS": "2"}
-    log = open(tmp / "server.log", "wb")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "monailabel.main", "start_server", "--app", str(app), "--studies", studies,
-         "--conf", "models", models, "--conf", "bundles", str(bundles), "--host", "127.0.0.1", "--port", str(port),
-         "--uvicorn_app", "monai_sam_adapt.serving.server:app"],
-        stdout=log, stderr=subprocess.STDOUT, env=env, cwd=tmp)
-    try:
-        wait_http(f"http://127.0.0.1:{port}/info/", timeout=180, proc=proc)
-    except Exception:
-        proc.kill()
-        raise RuntimeError((tmp / "server.log").read_text()[-4000:])
-    return proc, f"http://127.0.0.1:{port}", tmp / "server.log"

@@ -22,22 +22,18 @@ from pydicom.data import get_testdata_file
 
 from monai_sam_adapt.dicom_seg import label_frames, read_dicom_series
 from monai_sam_adapt.transforms import LoadMedicalImaged
+from monai_sam_adapt.serving.launch import start_label_server
+from monai_sam_adapt.serving.orthanc import upload_instances
 from tests.conftest import data_path
-from tests.serving.conftest import start_label_server
 from tests.serving.helpers import oblique_volume
 
 pytestmark = [pytest.mark.slow]
 
 
 def upload(orthanc: str, files) -> str:
-    """STOW the files to Orthanc; their SeriesInstanceUID."""
-    uids = set()
-    for f in files:
-        r = httpx.post(f"{orthanc}/instances", content=Path(f).read_bytes(), timeout=60)
-        r.raise_for_status()
-        uids.add(str(pydicom.dcmread(f, stop_before_pixels=True).SeriesInstanceUID))
-    assert len(uids) == 1
-    return uids.pop()
+    """Store one series in Orthanc; its SeriesInstanceUID."""
+    (uid,) = upload_instances(orthanc, files)
+    return uid
 
 
 def load(path):
@@ -54,8 +50,8 @@ def dicom_server(orthanc, served_bundles, tmp_path_factory):
     if liver.is_dir():
         series["liver"] = (upload(orthanc, sorted(liver.iterdir())), liver)
     tmp = tmp_path_factory.mktemp("label-dicom")
-    proc, url, log = start_label_server(f"{orthanc}/dicom-web", served_bundles, tmp)
-    yield MONAILabelClient(url, tmpdir=str(tmp / "client")), url, series, proc, log
+    proc, url = start_label_server(f"{orthanc}/dicom-web", tmp, bundles=served_bundles)
+    yield MONAILabelClient(url, tmpdir=str(tmp / "client")), url, series, proc, tmp / "server.log"
     proc.terminate()
     proc.wait(30)
 
@@ -162,6 +158,31 @@ def test_saved_label_lands_in_orthanc_as_dicom_seg_voxel_for_voxel(dicom_server,
     assert expected.any()
 
 
+def overlay_pixels(png) -> int:
+    """Pixels of OHIF's default first-segment colour (red) in a screenshot."""
+    from PIL import Image
+
+    rgb = np.asarray(Image.open(png).convert("RGB")).astype(int)
+    return int(((rgb[..., 0] > 150) & (rgb[..., 1] < 130) & (rgb[..., 0] - rgb[..., 2] > 40)).sum())
+
+
+def test_ohif_shows_the_study_with_our_segmentation(dicom_server, orthanc, tmp_path):
+    pytest.importorskip("playwright", reason="playwright is not installed (pip install -e .[test])")
+    if not Path("/usr/bin/chromium").exists():
+        pytest.skip("Chromium is not installed: apt-get install chromium (.ci/run installs it)")
+    from monai_sam_adapt.serving.ohif import screenshot_study
+
+    client, url, series, *_ = dicom_server
+    uid, src = series.get("liver", series["ct_small"])
+    if _seg_from_orthanc(orthanc, uid) is None:
+        test_saved_label_lands_in_orthanc_as_dicom_seg_voxel_for_voxel(dicom_server, orthanc)
+    study = str(pydicom.dcmread(next(p for p in sorted(Path(src).glob("*")) if p.is_file()) if Path(src).is_dir()
+                                else src, stop_before_pixels=True).StudyInstanceUID)
+    plain, seg = screenshot_study(url, study, tmp_path / "ohif.png")
+    assert overlay_pixels(plain) < 200  # the CT alone is grey
+    assert overlay_pixels(seg) > 2000, "no segmentation overlay in OHIF"
+
+
 def test_sequential_and_concurrent_requests_with_stable_memory(dicom_server):
     import psutil
 
@@ -210,7 +231,7 @@ def nifti_server(loopback_netns, served_bundles, tmp_path_factory):
 
     tmp = tmp_path_factory.mktemp("label-nifti")
     oblique_volume(tmp / "studies" / "case7.nii.gz")
-    proc, url, log = start_label_server(str(tmp / "studies"), served_bundles, tmp)
+    proc, url = start_label_server(str(tmp / "studies"), tmp, bundles=served_bundles)
     yield MONAILabelClient(url, tmpdir=str(tmp / "client")), tmp / "studies" / "case7.nii.gz"
     proc.terminate()
     proc.wait(30)
