@@ -37,11 +37,12 @@ def screenshot_study(server: str, study_uid: str, out: str | Path, show_seg: str
             page = browser.new_page(viewport={"width": size[0], "height": size[1]})
             page.set_default_timeout(timeout_s * 1000)
             page.goto(f"{server}/ohif/viewer?StudyInstanceUIDs={study_uid}", wait_until="networkidle")
-            banner = page.get_by_text("Confirm and Hide")
-            if banner.count():
-                banner.first.click()
             page.locator("canvas").first.wait_for(state="visible")
             time.sleep(3)  # the first image is drawn after the canvas appears
+            try:  # OHIF's "investigational use" banner covers the bottom of the viewport
+                page.get_by_text("Confirm and Hide").first.click(timeout=5000)
+            except Exception:  # noqa: BLE001 - not shown by every OHIF build
+                pass
             page.screenshot(path=str(plain))
             if not show_seg:
                 return plain, None
