@@ -14,19 +14,12 @@ from monailabel.datastore.utils.dicom import dicom_web_upload_dcm
 from monailabel.interfaces.datastore import DefaultLabelTag
 
 from ..dicom_seg import write_dicom_seg
-from ..transforms.dictionary import InputError, LoadMedicalImaged
 from .errors import RequestError
+from .infer import read_input
 
 __all__ = ["CheckedDatastoreMixin", "CheckedLocalDatastore", "SegDICOMWebDatastore", "label_names_of"]
 
 logger = logging.getLogger(__name__)
-
-
-def _load(path: str, what: str):
-    try:
-        return LoadMedicalImaged("x")({"x": path})["x"]
-    except InputError as e:
-        raise RequestError(f"{what}: {e}", 400) from e
 
 
 def label_names_of(values: list[int], info: dict[str, Any], known: dict[str, int]) -> list[str]:
@@ -47,7 +40,7 @@ class CheckedDatastoreMixin:
     """Refuse, with a 4xx naming the file, an image that cannot be read or a label not on its image's grid."""
 
     def add_image(self, image_id: str, image_filename: str, image_info: dict[str, Any]) -> str:
-        _load(image_filename, f"image upload {image_id or Path(image_filename).name!r}")
+        read_input(image_filename, f"image upload {image_id or Path(image_filename).name!r}")
         return super().add_image(image_id, image_filename, image_info)  # type: ignore[misc]
 
     def check_label(self, image_id: str, label_filename: str):
@@ -55,8 +48,8 @@ class CheckedDatastoreMixin:
         image_uri = self.get_image_uri(image_id)  # type: ignore[attr-defined]
         if not image_uri:
             raise RequestError(f"image {image_id!r} is not in the datastore: save its label after adding it.", 404)
-        label = _load(label_filename, f"label for image {image_id!r}")
-        image = _load(image_uri, f"image {image_id!r}")
+        label = read_input(label_filename, f"label for image {image_id!r}")
+        image = read_input(image_uri, f"image {image_id!r}")
         if label.shape[0] != 1 or tuple(label.shape[1:]) != tuple(image.shape[1:]):
             raise RequestError(
                 f"label for image {image_id!r} has shape {tuple(label.shape)}; the image is "

@@ -27,7 +27,7 @@ from ..transforms import CTWindow, SAMPreprocess
 from ..transforms.dictionary import InputError, LoadMedicalImaged
 from .errors import RequestError
 
-__all__ = ["BundleInferTask", "InteractiveSAMTask", "bundle_labels", "click_box", "input_error"]
+__all__ = ["BundleInferTask", "InteractiveSAMTask", "bundle_labels", "click_box", "input_error", "read_input"]
 
 logger = logging.getLogger(__name__)
 
@@ -42,6 +42,17 @@ def input_error(e: BaseException) -> InputError | None:
         seen.add(id(e))
         e = e.__cause__ or e.__context__
     return None
+
+
+def read_input(path: Any, what: str) -> MetaTensor:
+    """A request's image or label as loaded for our pipelines; 404 when there is no such file, 400 (naming the file
+    and what is wrong) when it cannot be read."""
+    if not isinstance(path, (str, os.PathLike)) or not str(path) or not os.path.exists(path):
+        raise RequestError(f"no {what} file {str(path)!r}.", 404)
+    try:
+        return LoadMedicalImaged("x")({"x": str(path)})["x"]
+    except InputError as e:
+        raise RequestError(f"{what}: {e}", 400) from e
 
 
 def bundle_labels(bundle_dir: str | os.PathLike) -> dict[str, int]:
@@ -268,23 +279,14 @@ class InteractiveSAMTask(InferTask):
                 self._sam = b if isinstance(b, FrozenSAM) else FrozenSAM(b, self._checkpoint, **self._kwargs)
             return self._sam.to(device)
 
-    @staticmethod
-    def _load(path: Any, what: str) -> MetaTensor:
-        if not isinstance(path, str) or not path or not os.path.exists(path):
-            raise RequestError(f"no {what} file {path!r}.", 404)
-        try:
-            return LoadMedicalImaged("x")({"x": path})["x"]
-        except InputError as e:
-            raise RequestError(str(e), 400) from e
-
     def __call__(self, request: dict[str, Any]) -> tuple[str, dict[str, Any]]:
-        image = self._load(request.get("image"), "image")
+        image = read_input(request.get("image"), "image")
         spatial = tuple(image.shape[1:])
         ndim = len(spatial)
         label = None
         value = int(request.get("label_value", 1))
         if request.get("label"):
-            label = self._load(request["label"], "label")
+            label = read_input(request["label"], "label")
             if tuple(label.shape[1:]) != spatial:
                 raise RequestError(f"label {request['label']!r} has shape {tuple(label.shape[1:])}, the image "
                                    f"{spatial}: a label must be on the image's grid.", 400)
