@@ -11,7 +11,7 @@ import monai.transforms
 import numpy as np
 import torch
 from monai.config import KeysCollection
-from monai.data import PILReader
+from monai.data import ITKReader, PILReader
 from monai.transforms import (
     Compose,
     InvertibleTransform,
@@ -252,6 +252,9 @@ class LoadMedicalImaged(LoadImaged):
         super().__init__(keys, reader=reader, ensure_channel_first=ensure_channel_first, image_only=True,
                          allow_missing_keys=allow_missing_keys, **kwargs)
         if reader is None:
+            # the same readers whatever else is installed: MONAI prefers ITK when it is there (MONAI Label brings it),
+            # and ITK reads a DICOM series differently and passes over a truncated slice
+            self._loader.readers = [r for r in self._loader.readers if not isinstance(r, ITKReader)]
             self._loader.register(PILReader2D())  # registered last = tried first for 2D files
 
     def __call__(self, data, reader=None):
