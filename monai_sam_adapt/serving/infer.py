@@ -92,7 +92,9 @@ class BundleInferTask(InferTask):
     Runs the bundle's own ``configs/inference.json`` (pre-processing, network, inferer, inverse transforms and writer)
     on the one requested image; the network is built and its ``models/model.pt`` loaded (``weights_only``) once, then
     shared by every request. The label comes back on the input's own grid (the bundle's ``Invertd``), with the
-    bundle's label values; its names come from ``metadata.json``.
+    bundle's label values; its names come from ``metadata.json``. A bundle whose dataset keeps channels in separate
+    files (BRATS: FLAIR, T1c) names them in its config's ``input_channels``; served, it takes one image carrying
+    them all (a 4D NIfTI) and refuses another with a 400.
 
     Args:
         bundle_dir: the bundle folder (``configs/inference.json``, ``configs/metadata.json``, ``models/model.pt``).
@@ -110,6 +112,7 @@ class BundleInferTask(InferTask):
         meta = json.loads((self.bundle_dir / "configs" / "metadata.json").read_text())
         config = json.loads(self.config_file.read_text())
         self.output_ext = ".png" if config.get("slice_axis") is None else ".nii.gz"
+        self.input_channels = list(config.get("input_channels") or [])
         super().__init__(
             type=InferType.SEGMENTATION, labels=bundle_labels(self.bundle_dir),
             dimension=2 if config.get("slice_axis") is None else 3,
@@ -163,6 +166,12 @@ class BundleInferTask(InferTask):
         image = request.get("image")
         if not isinstance(image, str) or not image or not os.path.exists(image):
             raise RequestError(f"model {self.bundle_dir.name!r}: no image file {image!r} to segment.", 404)
+        channels = self.input_channels
+        if channels:  # one file must carry every channel the bundle reads from several (e.g. FLAIR and T1c)
+            got = read_input(image, "image").shape[0]
+            if got != len(channels):
+                raise RequestError(f"model {self.bundle_dir.name!r} needs {len(channels)} channels {channels} in one "
+                                   f"image (e.g. a 4D NIfTI); {image!r} has {got}.", 400)
         device = self._net_device or _device(request.get("device") or self._device)
         net_def, net = self.network(device)
         parser = self._parser(device)

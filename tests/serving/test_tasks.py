@@ -189,3 +189,19 @@ def test_segment_names_come_from_the_request_or_the_served_models():
     assert label_names_of([1, 2, 5], {}, known) == ["liver", "tumor", "label 5"]
     assert label_names_of([1], {"label_info": [{"name": "spleen", "idx": 1}]}, known) == ["spleen"]
     assert label_names_of([3], {"params": {"label_names": {"kidney": 3}}}, known) == ["kidney"]
+
+
+def test_a_multichannel_bundle_takes_one_image_with_all_its_channels(tmp_path):
+    names = ("necrosis", "edema", "non-enhancing tumor", "enhancing tumor")
+    task = BundleInferTask(tiny_bundle(tmp_path / "bundles", "ssam_brats", labels=names), device="cpu")
+    assert task.info()["labels"] == {n: v for v, n in enumerate(names, start=1)}
+    one = oblique_volume(tmp_path / "flair.nii.gz")
+    with pytest.raises(RequestError, match=r"needs 2 channels \['FLAIR', 'T1c'\]") as e:
+        task({"image": str(one)})
+    assert e.value.status == 400
+    img = nib.load(one)
+    both = np.stack([img.get_fdata(), img.get_fdata() * 0.5], axis=-1).astype(np.float32)
+    nib.save(nib.Nifti1Image(both, img.affine), tmp_path / "flair_t1c.nii.gz")
+    out, _ = task({"image": str(tmp_path / "flair_t1c.nii.gz")})
+    assert nib.load(out).shape == img.shape
+    np.testing.assert_allclose(nib.load(out).affine, img.affine, atol=1e-5)
