@@ -24,6 +24,7 @@ from monai_sam_adapt.dicom_seg import label_frames, read_dicom_series
 from monai_sam_adapt.transforms import LoadMedicalImaged
 from monai_sam_adapt.serving.launch import start_label_server
 from monai_sam_adapt.serving.orthanc import upload_instances
+from tests.bundles.test_ssam_lits import synthetic_lits
 from tests.conftest import data_path
 from tests.serving.helpers import oblique_volume
 
@@ -231,8 +232,15 @@ def nifti_server(loopback_netns, served_bundles, tmp_path_factory):
 
     tmp = tmp_path_factory.mktemp("label-nifti")
     oblique_volume(tmp / "studies" / "case7.nii.gz")
+    lits = synthetic_lits(tmp / "lits", np.random.default_rng(1), n=3)
+    for i in range(1, 4):
+        shutil.copy(lits / f"volume-{i}.nii.gz", tmp / "studies" / f"volume-{i}.nii.gz")
     proc, url = start_label_server(str(tmp / "studies"), tmp, bundles=served_bundles)
-    yield MONAILabelClient(url, tmpdir=str(tmp / "client")), tmp / "studies" / "case7.nii.gz"
+    client = MONAILabelClient(url, tmpdir=str(tmp / "client"))
+    for i in range(1, 4):
+        client.save_label(f"volume-{i}", str(lits / f"segmentation-{i}.nii.gz"), tag="final")
+    client.app_dir = tmp / "app"
+    yield client, tmp / "studies" / "case7.nii.gz"
     proc.terminate()
     proc.wait(30)
 
@@ -245,3 +253,16 @@ def test_nifti_label_has_the_input_geometry(nifti_server):
     assert out.shape == src.shape
     np.testing.assert_allclose(out.affine, src.affine, atol=1e-4)
     assert nib.aff2axcodes(out.affine) == nib.aff2axcodes(src.affine)
+
+
+def test_training_through_monai_label_uses_the_bundle_train_json(nifti_server):
+    client, _ = nifti_server
+    url = client.get_server_url()
+    r = httpx.post(f"{url}/train/ct_tiny", params={"run_sync": "true"},
+                   json={"max_epochs": 1, "batch_size": 1, "val_interval": 1}, timeout=600)
+    assert r.status_code == 200, r.text
+    trained = client.app_dir / "model" / "ct_tiny" / "model.pt"
+    assert trained.is_file(), r.text
+    # the served model now runs the weights MONAI Label trained
+    label_file, _ = client.infer("ct_tiny", "volume-1", {})
+    assert nib.load(label_file).shape == nib.load(client.app_dir.parent / "studies" / "volume-1.nii.gz").shape
