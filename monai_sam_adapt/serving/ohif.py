@@ -16,6 +16,20 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networki
                  "--disable-sync", "--no-first-run", "--disable-quic"]
 
 
+def _settle(page, first_wait: float = 1.0, interval: float = 1.5, timeout: float = 60.0) -> bytes:
+    """A screenshot once the page stops changing (two in a row alike), so a slow machine still shows the drawn image."""
+    time.sleep(first_wait)
+    last = page.screenshot()
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        time.sleep(interval)
+        shot = page.screenshot()
+        if shot == last:
+            return shot
+        last = shot
+    return last
+
+
 def screenshot_study(server: str, study_uid: str, out: str | Path, show_seg: str | None = "monai_sam_adapt",
                      chromium: str = "/usr/bin/chromium", size: tuple[int, int] = (1400, 900),
                      timeout_s: float = 120.0) -> tuple[Path, Path | None]:
@@ -38,18 +52,17 @@ def screenshot_study(server: str, study_uid: str, out: str | Path, show_seg: str
             page.set_default_timeout(timeout_s * 1000)
             page.goto(f"{server}/ohif/viewer?StudyInstanceUIDs={study_uid}", wait_until="networkidle")
             page.locator("canvas").first.wait_for(state="visible")
-            time.sleep(3)  # the first image is drawn after the canvas appears
+            _settle(page)  # the first image is drawn after the canvas appears
             try:  # OHIF's "investigational use" banner covers the bottom of the viewport
                 page.get_by_text("Confirm and Hide").first.click(timeout=5000)
             except Exception:  # noqa: BLE001 - not shown by every OHIF build
                 pass
-            page.screenshot(path=str(plain))
+            plain.write_bytes(_settle(page))
             if not show_seg:
                 return plain, None
             page.get_by_text(show_seg).first.dblclick()
             page.get_by_role("button", name="Yes").click()
-            time.sleep(5)
-            page.screenshot(path=str(seg))
+            seg.write_bytes(_settle(page, first_wait=2.0))
             return plain, seg
         finally:
             browser.close()
