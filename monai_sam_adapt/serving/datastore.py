@@ -15,7 +15,7 @@ from monailabel.interfaces.datastore import DefaultLabelTag
 
 from ..dicom_seg import write_dicom_seg
 from .errors import RequestError
-from .infer import read_input
+from .infer import image_shape, read_input
 
 __all__ = ["CheckedDatastoreMixin", "CheckedLocalDatastore", "SegDICOMWebDatastore", "label_names_of"]
 
@@ -49,11 +49,11 @@ class CheckedDatastoreMixin:
         if not image_uri:
             raise RequestError(f"image {image_id!r} is not in the datastore: save its label after adding it.", 404)
         label = read_input(label_filename, f"label for image {image_id!r}")
-        image = read_input(image_uri, f"image {image_id!r}")
-        if label.shape[0] != 1 or tuple(label.shape[1:]) != tuple(image.shape[1:]):
+        grid = image_shape(image_uri, f"image {image_id!r}")[1:]
+        if label.shape[0] != 1 or tuple(label.shape[1:]) != grid:
             raise RequestError(
                 f"label for image {image_id!r} has shape {tuple(label.shape)}; the image is "
-                f"{tuple(image.shape[1:])}: a label must be one channel on the image's grid.", 400)
+                f"{grid}: a label must be one channel on the image's grid.", 400)
         return label
 
     def save_label(self, image_id: str, label_filename: str, label_tag: str, label_info: dict[str, Any]) -> str:

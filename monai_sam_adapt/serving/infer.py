@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import os
@@ -27,7 +28,7 @@ from ..transforms import CTWindow, SAMPreprocess
 from ..transforms.dictionary import InputError, LoadMedicalImaged
 from .errors import RequestError
 
-__all__ = ["BundleInferTask", "InteractiveSAMTask", "bundle_labels", "click_box", "input_error", "read_input"]
+__all__ = ["BundleInferTask", "InteractiveSAMTask", "bundle_labels", "click_box", "image_shape", "input_error", "read_input"]
 
 logger = logging.getLogger(__name__)
 
@@ -53,6 +54,22 @@ def read_input(path: Any, what: str) -> MetaTensor:
         return LoadMedicalImaged("x")({"x": str(path)})["x"]
     except InputError as e:
         raise RequestError(f"{what}: {e}", 400) from e
+
+
+def image_shape(path: str | os.PathLike, what: str) -> tuple[int, ...]:
+    """``(C, *spatial)`` of an image as :func:`read_input` would load it; from the header alone for NIfTI (no voxel
+    data read), else by loading it."""
+    import nibabel as nib
+
+    try:
+        shape = tuple(nib.load(str(path)).shape) if str(path).endswith((".nii", ".nii.gz")) else None
+    except Exception:  # noqa: BLE001 - let the full reader say what is wrong with the file
+        shape = None
+    if shape is not None and len(shape) in (2, 3):
+        return (1, *shape)
+    if shape is not None and len(shape) == 4:
+        return (shape[3], *shape[:3])
+    return tuple(read_input(path, what).shape)
 
 
 def bundle_labels(bundle_dir: str | os.PathLike) -> dict[str, int]:
@@ -110,7 +127,7 @@ class BundleInferTask(InferTask):
         self.bundle_model = self.bundle_dir / "models" / "model.pt"
         self.trained_path = Path(trained_path) if trained_path else None
         meta = json.loads((self.bundle_dir / "configs" / "metadata.json").read_text())
-        config = json.loads(self.config_file.read_text())
+        self._bundle_config = config = json.loads(self.config_file.read_text())
         self.output_ext = ".png" if config.get("slice_axis") is None else ".nii.gz"
         self.input_channels = list(config.get("input_channels") or [])
         super().__init__(
@@ -139,8 +156,7 @@ class BundleInferTask(InferTask):
         return str(self.model_path) if (self.model_path.is_file() or not validate) else None
 
     def _parser(self, device: torch.device) -> ConfigParser:
-        parser = ConfigParser()
-        parser.read_config(str(self.config_file))
+        parser = ConfigParser(copy.deepcopy(self._bundle_config))  # read once; every request parses its own copy
         parser["bundle_root"] = str(self.bundle_dir)
         parser["device"] = f"$torch.device('{device}')"
         return parser
@@ -168,7 +184,7 @@ class BundleInferTask(InferTask):
             raise RequestError(f"model {self.bundle_dir.name!r}: no image file {image!r} to segment.", 404)
         channels = self.input_channels
         if channels:  # one file must carry every channel the bundle reads from several (e.g. FLAIR and T1c)
-            got = read_input(image, "image").shape[0]
+            got = image_shape(image, "image")[0]
             if got != len(channels):
                 raise RequestError(f"model {self.bundle_dir.name!r} needs {len(channels)} channels {channels} in one "
                                    f"image (e.g. a 4D NIfTI); {image!r} has {got}.", 400)

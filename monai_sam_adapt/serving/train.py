@@ -61,7 +61,7 @@ class BundleTrainTask(TrainTask):
         overrides = {
             "bundle_root": str(self.bundle_dir), "datalist": datalist, "dataset_dir": str(self.bundle_dir),
             "output_dir": str(run_dir), "ckpt_dir": str(self.ckpt_dir), "num_workers": 0,
-            **{k: (int(v) if k != "learning_rate" else float(v)) for k, v in conf.items() if k != "val_fraction"},
+            **{k: type(self.config()[k])(v) for k, v in conf.items() if k != "val_fraction"},  # as the defaults' types
         }
         if request.get("device"):
             overrides["device"] = f"$torch.device('{request['device']}')"

@@ -8,9 +8,7 @@ model is the real LiteMedSAM.
 from __future__ import annotations
 
 import concurrent.futures
-import json
 import shutil
-import time
 from pathlib import Path
 
 import httpx
