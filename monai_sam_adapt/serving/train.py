@@ -54,14 +54,21 @@ class BundleTrainTask(TrainTask):
         return {"training": [by_image[k] for k in train], "validation": [by_image[k] for k in val]}
 
     def __call__(self, request: dict[str, Any], datastore: Any) -> dict[str, Any]:
-        conf = {**self.config(), **{k: v for k, v in request.items() if k in self.config()}}
+        defaults = self.config()
+        conf = dict(defaults)
+        for k in defaults.keys() & request.keys():  # as the defaults' types
+            try:
+                conf[k] = type(defaults[k])(request[k])
+            except (TypeError, ValueError):
+                raise RequestError(f"training {self.bundle_dir.name!r}: {k!r} must be {type(defaults[k]).__name__}, "
+                                   f"got {request[k]!r}.", 400) from None
         datalist = self.datalist(datastore, float(conf["val_fraction"]))
         cfg = self.bundle_dir / "configs"
         run_dir = self.output_dir / time.strftime("%Y%m%d-%H%M%S")
         overrides = {
             "bundle_root": str(self.bundle_dir), "datalist": datalist, "dataset_dir": str(self.bundle_dir),
             "output_dir": str(run_dir), "ckpt_dir": str(self.ckpt_dir), "num_workers": 0,
-            **{k: type(self.config()[k])(v) for k, v in conf.items() if k != "val_fraction"},  # as the defaults' types
+            **{k: v for k, v in conf.items() if k != "val_fraction"},
         }
         if request.get("device"):
             overrides["device"] = f"$torch.device('{request['device']}')"

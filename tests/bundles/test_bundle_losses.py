@@ -16,10 +16,15 @@ from tests.bundles.helpers import REPO
 TRAINED = sorted(p.parent.parent.name for p in (REPO / "bundles").glob("*/configs/train.json"))
 
 
-def bundle_loss(bundle: str, k: int) -> torch.nn.Module:
-    """The bundle's own ``loss`` item, for ``k`` output channels."""
+def train_config(bundle: str) -> ConfigParser:
     parser = ConfigParser()
     parser.read_config(str(REPO / "bundles" / bundle / "configs" / "train.json"))
+    return parser
+
+
+def bundle_loss(bundle: str, k: int) -> torch.nn.Module:
+    """The bundle's own ``loss`` item, for ``k`` output channels."""
+    parser = train_config(bundle)
     if "num_classes" in parser:  # AutoSAM / UNet bundles name their class count; S-SAM has one channel per label
         parser["num_classes"] = k
     return parser.get_parsed_content("loss")
@@ -39,9 +44,7 @@ def labels(k: int, absent: bool = False) -> torch.Tensor:
 
 def multi_label(bundle: str) -> bool:
     """Bundles with several named labels: most training slices lack some of them."""
-    config = ConfigParser()
-    config.read_config(str(REPO / "bundles" / bundle / "configs" / "train.json"))
-    return len(config.get("label_names", [])) > 1
+    return len(train_config(bundle).get("label_names", [])) > 1
 
 
 @pytest.mark.parametrize("bundle", TRAINED)

@@ -151,7 +151,10 @@ def test_training_from_the_datastore_runs_the_bundle_train_json(tmp_path):
         store.add_image(f"case{i}", str(src / f"volume-{i}.nii.gz"), {})
         store.save_label(f"case{i}", str(src / f"segmentation-{i}.nii.gz"), "final", {})
     task = BundleTrainTask(bundle, ckpt_dir=tmp_path / "model" / "ct", output_dir=tmp_path / "runs")
-    stats = task({"max_epochs": 1, "batch_size": 1}, store)
+    with pytest.raises(RequestError, match="'max_epochs' must be int, got 'many'") as e:
+        task({"max_epochs": "many"}, store)
+    assert e.value.status == 400
+    stats = task({"max_epochs": "1", "batch_size": 1}, store)  # form fields arrive as text
     assert stats["epochs"] == 1 and stats["train_images"] == 2 and stats["val_images"] == 1
     assert (tmp_path / "model" / "ct" / "model.pt").is_file()
     served = BundleInferTask(bundle, device="cpu", trained_path=tmp_path / "model" / "ct" / "model.pt")
