@@ -6,7 +6,8 @@ and checkpoint size, on the same backbone, batch and images.
 Each method runs in its own fresh process (so peak memory is its own): one warm-up step, then the median of ``--steps``
 timed steps (forward + DiceCE loss + backward + AdamW step). Peak memory is ``torch.cuda.max_memory_allocated`` on GPU
 and the growth of the process's peak resident memory over the model's own on CPU. The checkpoint is what the bundles
-save (``network.state_dict()``: trained tensors and the backbone identity only). Prints a JSON table and ratios to S-SAM.
+save (``network.state_dict()``: trained tensors and the backbone identity only). Prints a JSON table and ratios
+to S-SAM.
 """
 
 from __future__ import annotations
@@ -24,8 +25,9 @@ import time
 import torch
 
 
-def measure(method: str, backbone: str, checkpoint: str, image_size: int | None, batch: int, steps: int,
-            device: str) -> dict:
+def measure(
+    method: str, backbone: str, checkpoint: str, image_size: int | None, batch: int, steps: int, device: str
+) -> dict:
     from monai.losses import DiceCELoss
 
     from monai_sam_adapt.networks import SSAM
@@ -57,11 +59,20 @@ def measure(method: str, backbone: str, checkpoint: str, image_size: int | None,
             torch.cuda.synchronize(dev)
         if i:
             times.append(time.perf_counter() - t)
-    peak = (torch.cuda.max_memory_allocated(dev) if dev.type == "cuda"
-            else (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base_rss) * 1024)
-    return {"method": method, "trainable": counts["trainable"], "total": counts["total"],
-            "percent": round(counts["percent"], 4), "step_s": round(statistics.median(times), 3),
-            "peak_mem_MiB": round(peak / 2**20, 1), "checkpoint_MiB": round(buf.tell() / 2**20, 3)}
+    peak = (
+        torch.cuda.max_memory_allocated(dev)
+        if dev.type == "cuda"
+        else (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base_rss) * 1024
+    )
+    return {
+        "method": method,
+        "trainable": counts["trainable"],
+        "total": counts["total"],
+        "percent": round(counts["percent"], 4),
+        "step_s": round(statistics.median(times), 3),
+        "peak_mem_MiB": round(peak / 2**20, 1),
+        "checkpoint_MiB": round(buf.tell() / 2**20, 3),
+    }
 
 
 def main() -> None:
@@ -80,8 +91,22 @@ def main() -> None:
         return
     rows = []
     for m in a.methods.split(","):
-        cmd = [sys.executable, __file__, "--one", m, "--backbone", a.backbone, "--checkpoint", a.checkpoint,
-               "--batch_size", str(a.batch_size), "--steps", str(a.steps), "--device", a.device]
+        cmd = [
+            sys.executable,
+            __file__,
+            "--one",
+            m,
+            "--backbone",
+            a.backbone,
+            "--checkpoint",
+            a.checkpoint,
+            "--batch_size",
+            str(a.batch_size),
+            "--steps",
+            str(a.steps),
+            "--device",
+            a.device,
+        ]
         if a.image_size:
             cmd += ["--image_size", str(a.image_size)]
         out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
@@ -89,11 +114,23 @@ def main() -> None:
         print(json.dumps(rows[-1]), flush=True)
     ref = rows[0]
     for r in rows:
-        r["ratios_to_" + ref["method"]] = {k: round(r[k] / ref[k], 2) if ref[k] else None
-                                           for k in ("trainable", "step_s", "peak_mem_MiB", "checkpoint_MiB")}
-    print(json.dumps({"device": a.device, "host": platform.processor() or platform.machine(),
-                      "threads": torch.get_num_threads(), "backbone": a.backbone, "batch_size": a.batch_size,
-                      "rows": rows}, indent=1))
+        r["ratios_to_" + ref["method"]] = {
+            k: round(r[k] / ref[k], 2) if ref[k] else None
+            for k in ("trainable", "step_s", "peak_mem_MiB", "checkpoint_MiB")
+        }
+    print(
+        json.dumps(
+            {
+                "device": a.device,
+                "host": platform.processor() or platform.machine(),
+                "threads": torch.get_num_threads(),
+                "backbone": a.backbone,
+                "batch_size": a.batch_size,
+                "rows": rows,
+            },
+            indent=1,
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """How far can a prompt encoder g over the *frozen* LiteMedSAM embedding go on Kvasir-SEG? A quick probe.
 
     python benchmarks/autosam_head_probe.py --dataset_dir ../shared/data/kvasir_seg \
-        --datalist bundles/autosam_kvasir/configs/datalist.json \
+        --datalist bundles/common/datalists/kvasir_seg.json \
         --cache_dir /tmp/runs/autosam_kvasir/embedding_cache --head base --epochs 3
 
 Reads the embeddings that `autosam_kvasir/configs/train.json` cached (computing missing ones), then trains g and the
@@ -33,8 +33,16 @@ class UNetHead(nn.Module):
     def __init__(self, dim: int = 256, channels: tuple[int, ...] = (128, 192, 256)) -> None:
         super().__init__()
         self.inp = Convolution(2, dim, channels[0], kernel_size=1, act="GELU", norm=("group", {"num_groups": 8}))
-        self.unet = UNet(2, channels[0], channels[0], channels=channels, strides=(2,) * (len(channels) - 1),
-                         num_res_units=2, norm=("group", {"num_groups": 8}), act="GELU")
+        self.unet = UNet(
+            2,
+            channels[0],
+            channels[0],
+            channels=channels,
+            strides=(2,) * (len(channels) - 1),
+            num_res_units=2,
+            norm=("group", {"num_groups": 8}),
+            act="GELU",
+        )
         self.out = nn.Conv2d(channels[0], dim, 1)
 
     def forward(self, image, embedding):
@@ -44,8 +52,14 @@ class UNetHead(nn.Module):
 def load_split(split, a, sam, cache):
     from monai.transforms import Compose
 
-    pre = Compose([LoadMedicalImaged(["image", "label"]), SelectLabelsd("label", threshold=127),
-                   CheckImageLabeld(["image", "label"]), SAMPreprocessd("image", label_keys="label")])
+    pre = Compose(
+        [
+            LoadMedicalImaged(["image", "label"]),
+            SelectLabelsd("label", threshold=127),
+            CheckImageLabeld(["image", "label"]),
+            SAMPreprocessd("image", label_keys="label"),
+        ]
+    )
     emb, lab = [], []
     for d in load_datalist(a.datalist, a.dataset_dir, split, required=["image", "label"]):
         o = pre(d)
@@ -59,8 +73,8 @@ def dice(g, h, emb, lab):
     out = []
     with torch.no_grad():
         for i in range(0, len(emb), 16):
-            p = F.interpolate(h(g(None, emb[i:i + 16].float())), size=lab.shape[-1], mode="bilinear") > 0
-            t = lab[i:i + 16]
+            p = F.interpolate(h(g(None, emb[i : i + 16].float())), size=lab.shape[-1], mode="bilinear") > 0
+            t = lab[i : i + 16]
             inter = (p & t).flatten(1).sum(1).float()
             out += (2 * inter / (p.flatten(1).sum(1) + t.flatten(1).sum(1)).clamp(min=1)).tolist()
     g.train(), h.train()
@@ -92,7 +106,7 @@ def main() -> None:
     for ep in range(a.epochs):
         t, perm = time.time(), torch.randperm(n)
         for i in range(0, n - bs + 1, bs):
-            idx = perm[i:i + bs]
+            idx = perm[i : i + bs]
             y = tr_l[idx].float()
             o = F.interpolate(h(g(None, tr_e[idx].float())), size=y.shape[-1], mode="bilinear")
             loss = loss_dice(o, y) + F.binary_cross_entropy_with_logits(o, y)

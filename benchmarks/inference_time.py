@@ -1,7 +1,7 @@
 """Per-image inference time of the box-prompted baseline, AutoSAM and AutoSAM's surrogate decoder h, in one run.
 
     python benchmarks/inference_time.py --dataset_dir ../shared/data/kvasir_seg \
-        --datalist bundles/autosam_kvasir/configs/datalist.json --model bundles/autosam_kvasir/models/model.pt
+        --datalist bundles/common/datalists/kvasir_seg.json --model bundles/autosam_kvasir/models/model.pt
 
 Same images, same pre-processing, same process, batch 1; medians over images x repeats after one warm-up.
 """
@@ -34,8 +34,14 @@ def main() -> None:
     a = ap.parse_args()
     dev = torch.device(a.device)
     data = load_datalist(a.datalist, a.dataset_dir, "testing", required=["image", "label"])[: a.images]
-    pre = Compose([LoadMedicalImaged(["image", "label"]), SelectLabelsd("label", threshold=127),
-                   SAMPreprocessd("image", label_keys="label"), BoxFromLabeld("label")])
+    pre = Compose(
+        [
+            LoadMedicalImaged(["image", "label"]),
+            SelectLabelsd("label", threshold=127),
+            SAMPreprocessd("image", label_keys="label"),
+            BoxFromLabeld("label"),
+        ]
+    )
     items = [pre(d) for d in data]
     box = PromptedSAM().to(dev).eval()
     auto = AutoSAM(box.sam, prompt_encoder=a.prompt_encoder, output="sam").to(dev).eval()
@@ -68,10 +74,14 @@ def main() -> None:
                         torch.cuda.synchronize()
                     times[name].append(time.perf_counter() - t)
     base = statistics.median(times["box-prompted LiteMedSAM"])
-    result = {"device": str(dev), "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads",
-              "images": len(items), "repeats": a.repeats,
-              "median_seconds": {k: round(statistics.median(v), 4) for k, v in times.items()},
-              "ratio_to_box": {k: round(statistics.median(v) / base, 3) for k, v in times.items()}}
+    result = {
+        "device": str(dev),
+        "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads",
+        "images": len(items),
+        "repeats": a.repeats,
+        "median_seconds": {k: round(statistics.median(v), 4) for k, v in times.items()},
+        "ratio_to_box": {k: round(statistics.median(v) / base, 3) for k, v in times.items()},
+    }
     print(json.dumps(result, indent=1))
 
 

@@ -1,6 +1,7 @@
 """Where a bundle's untrained (or given) network starts on real training samples: logits, largest probability, Dice.
 
-    python benchmarks/initial_logits.py --config bundles/ssam_brats/configs/train.json --dataset_dir ../shared/data/brats2015
+    python benchmarks/initial_logits.py --config bundles/ssam_brats/configs/train.json \
+        --dataset_dir ../shared/data/brats2015
     python benchmarks/initial_logits.py --config bundles/ssam_glas/configs/train.json --dataset_dir ../shared/data/glas
     python benchmarks/initial_logits.py ... --weights runs/checkpoints/checkpoint_epoch=43.pt   # a training checkpoint
 
@@ -47,8 +48,10 @@ def main() -> None:
         prob = torch.sigmoid(logits)
         fg = prob > 0.5
         dice = [round(float(2 * (f & t).sum() / max(int(f.sum() + t.sum()), 1)), 3) for f, t in zip(fg, y)]
-        print(f"sample {i}: label pixels {y.flatten(1).sum(1).tolist()}, mean logit {logits.mean():.2f}, "
-              f"largest probability {[f'{v:.2g}' for v in prob.flatten(1).amax(1).tolist()]}, Dice {dice}")
+        print(
+            f"sample {i}: label pixels {y.flatten(1).sum(1).tolist()}, mean logit {logits.mean():.2f}, "
+            f"largest probability {[f'{v:.2g}' for v in prob.flatten(1).amax(1).tolist()]}, Dice {dice}"
+        )
 
 
 if __name__ == "__main__":

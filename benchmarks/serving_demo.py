@@ -1,4 +1,5 @@
-"""The radiologist's loop on the real liver CT, measured: archive -> MONAI Label -> interactive SAM -> DICOM SEG -> OHIF.
+"""The radiologist's loop on the real liver CT, measured:
+archive -> MONAI Label -> interactive SAM -> DICOM SEG -> OHIF.
 
     python benchmarks/serving_demo.py --series ../shared/data/ct_liver_dicom/ct-3slice \
         --label ../shared/data/ct_liver_dicom/liver_seg.nrrd --out benchmarks/results
@@ -66,20 +67,22 @@ def main() -> None:
                 rows, cols = np.nonzero(frame)
                 box = [int(cols.min()), int(rows.min()), int(cols.max()), int(rows.max()), k]  # [x0, y0, x1, y1, z]
                 t = time.time()
-                label, _ = client.infer("sam_interactive", series, {"box": box, "ct_window": "abdomen"},
-                                        label_in=label)
+                label, _ = client.infer("sam_interactive", series, {"box": box, "ct_window": "abdomen"}, label_in=label)
                 times.append(time.time() - t)
             pred = label_frames(LoadMedicalImaged("x")({"x": label})["x"], datasets) > 0
             t = time.time()
             client.save_label(series, label, tag="final", params={"label_names": {args.name: 1}})
             save_s = time.time() - t
-            from dicomweb_client import DICOMwebClient
             import highdicom as hd
+            from dicomweb_client import DICOMwebClient
 
             dw = DICOMwebClient(f"http://127.0.0.1:{port}/dicom-web")
-            seg_series = [pydicom.Dataset.from_json(s) for s in dw.search_for_series(search_filters={"Modality": "SEG"})]
+            seg_series = [
+                pydicom.Dataset.from_json(s) for s in dw.search_for_series(search_filters={"Modality": "SEG"})
+            ]
             seg = hd.seg.Segmentation.from_dataset(
-                dw.retrieve_series(seg_series[0].StudyInstanceUID, seg_series[0].SeriesInstanceUID)[0])
+                dw.retrieve_series(seg_series[0].StudyInstanceUID, seg_series[0].SeriesInstanceUID)[0]
+            )
             back = seg.get_pixels_by_source_instance([d.SOPInstanceUID for d in datasets], combine_segments=True) > 0
             plain, shown = screenshot_study(url, study, out / "ohif_liver.png")
         finally:
@@ -93,8 +96,11 @@ def main() -> None:
         return float(2 * (a & b).sum() / (a.sum() + b.sum()))
 
     result = {
-        "series": args.series, "slices_segmented": len(times), "models_listed": models,
-        "server_startup_s": round(startup, 1), "interactive_request_s": [round(x, 2) for x in times],
+        "series": args.series,
+        "slices_segmented": len(times),
+        "models_listed": models,
+        "server_startup_s": round(startup, 1),
+        "interactive_request_s": [round(x, 2) for x in times],
         "save_label_to_orthanc_s": round(save_s, 2),
         "dice_interactive_vs_expert": round(dice(pred, expert), 4),
         "dice_seg_from_orthanc_vs_expert": round(dice(back, expert), 4),

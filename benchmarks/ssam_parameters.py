@@ -27,10 +27,16 @@ def count(backbone: str, method: str, image_size: int | None, clip_dim: int) -> 
     tal_offline = sum(p.numel() for p in net.tal.parameters())
     tal_clip = clip_dim * net.sam.embed_dim + net.sam.embed_dim
     total = c["total"]
-    return {"backbone": backbone, "image_size": net.sam.image_size, "method": method, "total": total,
-            "trainable_offline_text": c["trainable"], "percent_offline_text": round(100 * c["trainable"] / total, 3),
-            "trainable_clip_text": c["trainable"] - tal_offline + tal_clip,
-            "percent_clip_text": round(100 * (c["trainable"] - tal_offline + tal_clip) / total, 3)}
+    return {
+        "backbone": backbone,
+        "image_size": net.sam.image_size,
+        "method": method,
+        "total": total,
+        "trainable_offline_text": c["trainable"],
+        "percent_offline_text": round(100 * c["trainable"] / total, 3),
+        "trainable_clip_text": c["trainable"] - tal_offline + tal_clip,
+        "percent_clip_text": round(100 * (c["trainable"] - tal_offline + tal_clip) / total, 3),
+    }
 
 
 def main() -> None:

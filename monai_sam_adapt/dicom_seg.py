@@ -83,8 +83,11 @@ def label_frames(label: Any, datasets: Sequence, space: str | None = None) -> np
         row_dir, col_dir = np.asarray(d.ImageOrientationPatient, float).reshape(2, 3)
         dr, dc = (float(v) for v in d.PixelSpacing)  # between rows, between columns
         r, c = np.meshgrid(np.arange(rows), np.arange(cols), indexing="ij")
-        world = (np.asarray(d.ImagePositionPatient, float)[:, None]
-                 + np.outer(row_dir, c.ravel() * dc) + np.outer(col_dir, r.ravel() * dr))
+        world = (
+            np.asarray(d.ImagePositionPatient, float)[:, None]
+            + np.outer(row_dir, c.ravel() * dc)
+            + np.outer(col_dir, r.ravel() * dr)
+        )
         vox = to_label[:3, :3] @ (flip @ world) + to_label[:3, 3:4]
         idx = np.rint(vox).astype(int)
         inside = np.all((idx >= 0) & (idx < np.asarray(arr.shape)[:, None]), axis=0)
@@ -94,10 +97,34 @@ def label_frames(label: Any, datasets: Sequence, space: str | None = None) -> np
     return np.stack(frames)
 
 
-def write_dicom_seg(label: Any, source: str | os.PathLike | Sequence, filename: str | os.PathLike,
-                    label_names: Sequence[str], label_values: Sequence[int] | None = None,
-                    algorithm: str = "monai_sam_adapt", series_description: str = "monai_sam_adapt segmentation",
-                    algorithm_type: str = "automatic") -> Path:
+def _as_volume(label: Any) -> Any:
+    """A channel-first label of a MONAI pipeline, ``(1, X, Y)`` (a 2D image such as one DICOM slice) or
+    ``(1, X, Y, Z)``, as the ``(X, Y, Z)`` MetaTensor with a 4x4 affine that :func:`label_frames` samples."""
+    from monai.data import MetaTensor
+
+    t = torch.as_tensor(label)[0]
+    affine = torch.as_tensor(getattr(label, "affine", torch.eye(4)), dtype=torch.float64)
+    if t.ndim == 2:
+        t = t[..., None]
+        if affine.shape == (3, 3):  # a 2D affine: the slice lies in z = 0
+            full = torch.eye(4, dtype=torch.float64)
+            full[:2, :2], full[:2, 3] = affine[:2, :2], affine[:2, 2]
+            affine = full
+    meta = dict(getattr(label, "meta", {}) or {})
+    meta["affine"] = affine
+    return MetaTensor(t, affine=affine, meta=meta)
+
+
+def write_dicom_seg(
+    label: Any,
+    source: str | os.PathLike | Sequence,
+    filename: str | os.PathLike,
+    label_names: Sequence[str],
+    label_values: Sequence[int] | None = None,
+    algorithm: str = "monai_sam_adapt",
+    series_description: str = "monai_sam_adapt segmentation",
+    algorithm_type: str = "automatic",
+) -> Path:
     """Write ``label`` as a DICOM SEG (binary, one segment per label) referencing the ``source`` series; atomic.
 
     Args:
@@ -125,22 +152,38 @@ def write_dicom_seg(label: Any, source: str | os.PathLike | Sequence, filename: 
     unknown = sorted(set(np.unique(frames).tolist()) - {0, *values})
     if unknown:
         raise ValueError(f"label values {unknown} have no name (named: {dict(zip(values, label_names))}).")
-    algo = hd.AlgorithmIdentificationSequence(name=algorithm, version=monai_sam_adapt.__version__,
-                                              family=Code("113112", "DCM", "Artificial Intelligence"))
+    algo = hd.AlgorithmIdentificationSequence(
+        name=algorithm, version=monai_sam_adapt.__version__, family=Code("113112", "DCM", "Artificial Intelligence")
+    )
     descriptions = []
     for i, name in enumerate(label_names, start=1):
         value, meaning = _SCT.get(name.lower(), ("85756007", "Tissue"))
-        descriptions.append(hd.seg.SegmentDescription(
-            segment_number=i, segment_label=name,
-            segmented_property_category=Code("91723000", "SCT", "Anatomical Structure"),
-            segmented_property_type=Code(value, "SCT", meaning),
-            algorithm_type=kind, algorithm_identification=None if kind.value == "MANUAL" else algo))
+        descriptions.append(
+            hd.seg.SegmentDescription(
+                segment_number=i,
+                segment_label=name,
+                segmented_property_category=Code("91723000", "SCT", "Anatomical Structure"),
+                segmented_property_type=Code(value, "SCT", meaning),
+                algorithm_type=kind,
+                algorithm_identification=None if kind.value == "MANUAL" else algo,
+            )
+        )
     seg = hd.seg.Segmentation(
-        source_images=datasets, pixel_array=seg_numbers, segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
-        segment_descriptions=descriptions, series_instance_uid=hd.UID(), series_number=900,
-        sop_instance_uid=hd.UID(), instance_number=1, manufacturer="monai_sam_adapt",
-        manufacturer_model_name=algorithm, software_versions=monai_sam_adapt.__version__, device_serial_number="0",
-        series_description=series_description, omit_empty_frames=False)
+        source_images=datasets,
+        pixel_array=seg_numbers,
+        segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+        segment_descriptions=descriptions,
+        series_instance_uid=hd.UID(),
+        series_number=900,
+        sop_instance_uid=hd.UID(),
+        instance_number=1,
+        manufacturer="monai_sam_adapt",
+        manufacturer_model_name=algorithm,
+        software_versions=monai_sam_adapt.__version__,
+        device_serial_number="0",
+        series_description=series_description,
+        omit_empty_frames=False,
+    )
     out = Path(filename)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = atomic_replace_path(out)
@@ -164,11 +207,22 @@ class SaveDicomSegd(MapTransform):
         source_key: the key whose ``meta["filename_or_obj"]`` is the DICOM series. Default ``"image"``.
     """
 
-    def __init__(self, keys: KeysCollection, output_dir: str | os.PathLike, label_names: Sequence[str],
-                 label_values: Sequence[int] | None = None, source_key: str = "image",
-                 allow_missing_keys: bool = False) -> None:
+    def __init__(
+        self,
+        keys: KeysCollection,
+        output_dir: str | os.PathLike,
+        label_names: Sequence[str],
+        label_values: Sequence[int] | None = None,
+        source_key: str = "image",
+        allow_missing_keys: bool = False,
+    ) -> None:
         super().__init__(keys, allow_missing_keys)
-        self.output_dir, self.names, self.values, self.source_key = Path(output_dir), label_names, label_values, source_key
+        self.output_dir, self.names, self.values, self.source_key = (
+            Path(output_dir),
+            label_names,
+            label_values,
+            source_key,
+        )
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict:
         d = dict(data)
@@ -179,5 +233,7 @@ class SaveDicomSegd(MapTransform):
         name = Path(str(source).rstrip("/")).name.split(".")[0]
         for key in self.key_iterator(d):
             suffix = "_seg" if key == self.first_key(d) else f"_{key}_seg"
-            write_dicom_seg(d[key], source, self.output_dir / f"{name}{suffix}.dcm", self.names, self.values)
+            write_dicom_seg(
+                _as_volume(d[key]), source, self.output_dir / f"{name}{suffix}.dcm", self.names, self.values
+            )
         return d

@@ -45,4 +45,3 @@ class AtomicNibabelWriter(_AtomicWriteMixin, NibabelWriter):
 
 class AtomicITKWriter(_AtomicWriteMixin, ITKWriter):
     """MONAI's ``ITKWriter`` (NRRD, MHA, ... when ``itk`` is installed), written atomically."""
-

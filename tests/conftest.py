@@ -40,7 +40,7 @@ def write_png(path: Path, array: np.ndarray) -> Path:
 
 def disk(h: int, w: int, cy: float, cx: float, r: float) -> np.ndarray:
     yy, xx = np.mgrid[:h, :w]
-    return ((yy - cy) ** 2 + (xx - cx) ** 2 <= r * r)
+    return (yy - cy) ** 2 + (xx - cx) ** 2 <= r * r
 
 
 @pytest.fixture

@@ -12,5 +12,14 @@ from .datalists import (
     write_datalist,
 )
 
-__all__ = ["IMAGE_SUFFIXES", "brats_datalist", "folder_datalist", "glas_datalist", "kvasir_datalist",
-           "lits_datalist", "main", "split_by_case", "write_datalist"]
+__all__ = [
+    "IMAGE_SUFFIXES",
+    "brats_datalist",
+    "folder_datalist",
+    "glas_datalist",
+    "kvasir_datalist",
+    "lits_datalist",
+    "main",
+    "split_by_case",
+    "write_datalist",
+]

@@ -109,13 +109,16 @@ def glas_datalist(root: str | Path, val_fraction: float = 0.15, seed: int = 0) -
     order = sorted(pairs, key=lambda k: (k.split("_")[0], int(k.split("_")[1])))
     train_ids = [k for k in order if k.startswith("train_")]
     tr, va = split_by_case(train_ids, val_fraction, seed)
-    return {"training": [pairs[k] for k in order if k in set(tr)],
-            "validation": [pairs[k] for k in order if k in set(va)],
-            "testing": [pairs[k] for k in order if k.startswith("test")]}
+    return {
+        "training": [pairs[k] for k in order if k in set(tr)],
+        "validation": [pairs[k] for k in order if k in set(va)],
+        "testing": [pairs[k] for k in order if k.startswith("test")],
+    }
 
 
-def brats_datalist(root: str | Path, modalities: Sequence[str] = ("Flair", "T1c"),
-                   label: str = "OTMultiClass") -> dict[str, list[dict]]:
+def brats_datalist(
+    root: str | Path, modalities: Sequence[str] = ("Flair", "T1c"), label: str = "OTMultiClass"
+) -> dict[str, list[dict]]:
     """BRATS-style folders ``{train,validation,test}/<case>/<Modality>*.nii.gz`` with ``<label>*.nii.gz``; the image
     entry lists one file per modality (stacked as channels by MONAI's ``LoadImaged``)."""
     root = _need_dir(Path(root), "BRATS")
@@ -125,25 +128,31 @@ def brats_datalist(root: str | Path, modalities: Sequence[str] = ("Flair", "T1c"
         if not (root / split).is_dir():
             continue
         for case in sorted(p for p in (root / split).iterdir() if p.is_dir()):
-            def find(prefix: str) -> str:
+
+            def find(prefix: str, case: Path = case) -> str:
                 hits = sorted(f for f in case.iterdir() if f.name.startswith(prefix) and ".nii" in f.name)
                 if not hits:
                     raise FileNotFoundError(f"BRATS case {case} has no {prefix}*.nii(.gz) file.")
                 return str(hits[0].relative_to(root))
+
             out[key].append({"image": [find(m) for m in modalities], "label": find(label), "case": case.name})
     if not any(out.values()):
         raise FileNotFoundError(f"BRATS folder {root} holds no train/validation/test case folders.")
     return out
 
 
-def lits_datalist(root: str | Path, val_fraction: float = 0.1, test_fraction: float = 0.2,
-                  seed: int = 0) -> dict[str, list[dict]]:
+def lits_datalist(
+    root: str | Path, val_fraction: float = 0.1, test_fraction: float = 0.2, seed: int = 0
+) -> dict[str, list[dict]]:
     """LiTS layout: ``volume-N.nii[.gz]`` with ``segmentation-N.nii[.gz]`` (anywhere below ``root``). One volume is
     one patient; splits are by patient, never by slice."""
     root = _need_dir(Path(root), "LiTS")
     vols = {int(m.group(1)): p for p in root.rglob("volume-*.nii*") if (m := re.match(r"volume-(\d+)\.nii", p.name))}
-    segs = {int(m.group(1)): p for p in root.rglob("segmentation-*.nii*")
-            if (m := re.match(r"segmentation-(\d+)\.nii", p.name))}
+    segs = {
+        int(m.group(1)): p
+        for p in root.rglob("segmentation-*.nii*")
+        if (m := re.match(r"segmentation-(\d+)\.nii", p.name))
+    }
     if not vols:
         raise FileNotFoundError(f"LiTS folder {root} holds no volume-N.nii files.")
     unlabeled = sorted(set(vols) - set(segs))
@@ -154,14 +163,21 @@ def lits_datalist(root: str | Path, val_fraction: float = 0.1, test_fraction: fl
     train, val = split_by_case(rest, val_fraction / max(1e-9, 1 - test_fraction), seed + 1)
 
     def entries(keys: list[str]) -> list[dict]:
-        return [{"image": str(vols[int(k)].relative_to(root)), "label": str(segs[int(k)].relative_to(root)),
-                 "case": f"volume-{k}"} for k in sorted(keys, key=int)]
+        return [
+            {
+                "image": str(vols[int(k)].relative_to(root)),
+                "label": str(segs[int(k)].relative_to(root)),
+                "case": f"volume-{k}",
+            }
+            for k in sorted(keys, key=int)
+        ]
 
     return {"training": entries(train), "validation": entries(val), "testing": entries(test)}
 
 
-def folder_datalist(root: str | Path, images: str = "images", masks: str | None = "masks",
-                    mask_suffix: str = "", split: str = "testing") -> dict[str, list[dict]]:
+def folder_datalist(
+    root: str | Path, images: str = "images", masks: str | None = "masks", mask_suffix: str = "", split: str = "testing"
+) -> dict[str, list[dict]]:
     """Any folder of images with masks of the same stem (``<stem><mask_suffix>.<ext>`` in ``masks``): all under
     ``split``. With ``masks=None``, images only (for inference)."""
     root = Path(root)

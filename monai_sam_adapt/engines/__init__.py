@@ -2,7 +2,16 @@
 
 from .cache import EmbeddingCache
 from .handlers import MetricPlots, OverlayGrid
-from .utils import attach_resume, check_datalist, from_engine_channel, load_datalist
+from .utils import LAYOUTS, attach_resume, check_datalist, from_engine_channel, label_metrics, load_datalist
 
-__all__ = ["EmbeddingCache", "MetricPlots", "OverlayGrid", "attach_resume", "check_datalist", "from_engine_channel",
-           "load_datalist"]
+__all__ = [
+    "LAYOUTS",
+    "EmbeddingCache",
+    "MetricPlots",
+    "OverlayGrid",
+    "attach_resume",
+    "check_datalist",
+    "from_engine_channel",
+    "label_metrics",
+    "load_datalist",
+]

@@ -20,8 +20,9 @@ import hashlib
 import json
 import os
 from collections import OrderedDict
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
@@ -44,8 +45,14 @@ class EmbeddingCache:
         emb = cache(images, sam.encode)     # (B, C, h, w); only the misses go through the encoder
     """
 
-    def __init__(self, directory: str | os.PathLike | None = None, max_entries: int = 4096,
-                 identity: dict[str, Any] | None = None, tag: str = "", dtype: torch.dtype = torch.float32) -> None:
+    def __init__(
+        self,
+        directory: str | os.PathLike | None = None,
+        max_entries: int = 4096,
+        identity: dict[str, Any] | None = None,
+        tag: str = "",
+        dtype: torch.dtype = torch.float32,
+    ) -> None:
         if max_entries < 0:
             raise ValueError(f"max_entries must be >= 0, got {max_entries}.")
         self.directory = Path(directory) if directory else None
@@ -103,7 +110,7 @@ class EmbeddingCache:
             os.replace(tmp, path)
 
     def __call__(self, images: torch.Tensor, encode: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
-        """Embeddings of a batch ``images (B, ...)``: cached ones read back, the rest encoded in one batch and stored."""
+        """Embeddings of ``images (B, ...)``: cached ones read back, the rest encoded in one batch and stored."""
         keys = [self.key(x) for x in images]
         found = [self._get(k) for k in keys]
         miss = [i for i, f in enumerate(found) if f is None]

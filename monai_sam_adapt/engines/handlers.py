@@ -60,8 +60,10 @@ class MetricPlots:
             ax1.legend(fontsize=8)
             ax2.boxplot(finite, vert=True)
             ax2.set_xticks([])
-            fig.suptitle(f"{name}: {finite.size} images" + (f" ({per_image.size - finite.size} not finite)"
-                                                            if finite.size < per_image.size else ""))
+            fig.suptitle(
+                f"{name}: {finite.size} images"
+                + (f" ({per_image.size - finite.size} not finite)" if finite.size < per_image.size else "")
+            )
             fig.tight_layout()
             tmp = self.save_dir / f".partial-{name}_distribution.png"
             fig.savefig(tmp, dpi=100)
@@ -86,9 +88,16 @@ class OverlayGrid:
             ``"label"``.
     """
 
-    def __init__(self, save_dir: str | os.PathLike, num_images: int = 8, filename: str = "overlays.png",
-                 pred_keys: str | Sequence[str] = "pred", titles: Sequence[str] | None = None,
-                 image_key: str = "image", label_key: str = "label") -> None:
+    def __init__(
+        self,
+        save_dir: str | os.PathLike,
+        num_images: int = 8,
+        filename: str = "overlays.png",
+        pred_keys: str | Sequence[str] = "pred",
+        titles: Sequence[str] | None = None,
+        image_key: str = "image",
+        label_key: str = "label",
+    ) -> None:
         self.save_dir, self.num_images, self.filename = Path(save_dir), int(num_images), filename
         self.pred_keys = [pred_keys] if isinstance(pred_keys, str) else list(pred_keys)
         self.titles = list(titles) if titles else self.pred_keys
@@ -116,8 +125,14 @@ class OverlayGrid:
             if img.ndim == 4:  # 3D: the slice with the most foreground
                 z = int(lab.sum(dim=tuple(range(lab.ndim - 1))).argmax())
                 img, lab, preds = img[..., z], lab[..., z], [p[..., z] for p in preds]
-            self.items.append({"name": Path(str(src)).name, "image": img.float().numpy(), "label": lab[0].numpy() > 0.5,
-                               "preds": [p[0].numpy() > 0.5 for p in preds]})
+            self.items.append(
+                {
+                    "name": Path(str(src)).name,
+                    "image": img.float().numpy(),
+                    "label": lab[0].numpy() > 0.5,
+                    "preds": [p[0].numpy() > 0.5 for p in preds],
+                }
+            )
 
     def draw(self, engine) -> None:
         import matplotlib

@@ -19,8 +19,14 @@ from ..engines.cache import EmbeddingCache
 from ..sam.backbones import DEFAULT_BACKBONE, FrozenSAM
 from .checkpointing import TrainedPartsCheckpoint
 
-__all__ = ["AutoSAM", "AutoSAMLoss", "CNNPromptEncoder", "EmbeddingHeadPromptEncoder", "SurrogateDecoder",
-           "autosam_lite_medsam"]
+__all__ = [
+    "AutoSAM",
+    "AutoSAMLoss",
+    "CNNPromptEncoder",
+    "EmbeddingHeadPromptEncoder",
+    "SurrogateDecoder",
+    "autosam_lite_medsam",
+]
 
 OUTPUTS = ("sam", "h", "both")
 
@@ -44,7 +50,9 @@ class EmbeddingHeadPromptEncoder(nn.Module):
         layers: list[nn.Module] = []
         ch = embed_dim
         for _ in range(num_layers):
-            layers.append(Convolution(2, ch, hidden_channels, kernel_size=3, act="GELU", norm=("group", {"num_groups": 8})))
+            layers.append(
+                Convolution(2, ch, hidden_channels, kernel_size=3, act="GELU", norm=("group", {"num_groups": 8}))
+            )
             ch = hidden_channels
         self.body = nn.Sequential(*layers)
         self.out = nn.Conv2d(ch, embed_dim * num_classes, kernel_size=1)
@@ -67,20 +75,36 @@ class CNNPromptEncoder(nn.Module):
 
     needs_embedding = False
 
-    def __init__(self, embed_dim: int, num_classes: int = 1, downsample: int = 4,
-                 channels: tuple[int, ...] = (32, 64, 128), weights: str | os.PathLike | None = None) -> None:
+    def __init__(
+        self,
+        embed_dim: int,
+        num_classes: int = 1,
+        downsample: int = 4,
+        channels: tuple[int, ...] = (32, 64, 128),
+        weights: str | os.PathLike | None = None,
+    ) -> None:
         super().__init__()
         n_down = int(downsample).bit_length() - 1
-        if 2 ** n_down != downsample:
+        if 2**n_down != downsample:
             raise ValueError(f"downsample must be a power of 2, got {downsample}.")
         stem, ch = [], 3
         for i in range(n_down):
             out_ch = channels[0] if i == n_down - 1 else max(16, channels[0] // 2)
-            stem.append(Convolution(2, ch, out_ch, strides=2, kernel_size=3, act="GELU", norm=("group", {"num_groups": 8})))
+            stem.append(
+                Convolution(2, ch, out_ch, strides=2, kernel_size=3, act="GELU", norm=("group", {"num_groups": 8}))
+            )
             ch = out_ch
         self.stem = nn.Sequential(*stem)
-        self.unet = UNet(spatial_dims=2, in_channels=ch, out_channels=channels[0], channels=tuple(channels),
-                         strides=(2,) * (len(channels) - 1), num_res_units=1, norm=("group", {"num_groups": 8}), act="GELU")
+        self.unet = UNet(
+            spatial_dims=2,
+            in_channels=ch,
+            out_channels=channels[0],
+            channels=tuple(channels),
+            strides=(2,) * (len(channels) - 1),
+            num_res_units=1,
+            norm=("group", {"num_groups": 8}),
+            act="GELU",
+        )
         self.out = nn.Conv2d(channels[0], embed_dim * num_classes, kernel_size=1)
         if weights is not None:
             from ..sam.backbones import load_state_dict_file
@@ -102,8 +126,11 @@ class SurrogateDecoder(nn.Module):
     def __init__(self, embed_dim: int, hidden_channels: int = 64) -> None:
         super().__init__()
         self.net = nn.Sequential(
-            nn.ConvTranspose2d(embed_dim, hidden_channels, 2, stride=2), nn.GroupNorm(8, hidden_channels), nn.GELU(),
-            nn.ConvTranspose2d(hidden_channels, hidden_channels // 2, 2, stride=2), nn.GELU(),
+            nn.ConvTranspose2d(embed_dim, hidden_channels, 2, stride=2),
+            nn.GroupNorm(8, hidden_channels),
+            nn.GELU(),
+            nn.ConvTranspose2d(hidden_channels, hidden_channels // 2, 2, stride=2),
+            nn.GELU(),
             nn.Conv2d(hidden_channels // 2, 1, 1),
         )
 
@@ -142,9 +169,18 @@ class AutoSAM(TrainedPartsCheckpoint, nn.Module):
 
     identity_keys = ("backbone", "sha256", "arch", "num_classes")
 
-    def __init__(self, backbone: FrozenSAM | str = DEFAULT_BACKBONE, checkpoint: Any = "default", num_classes: int = 1,
-                 prompt_encoder: str = "head", prompt_encoder_kwargs: dict | None = None, surrogate: bool = True,
-                 output: str = "sam", cache: EmbeddingCache | bool | str | os.PathLike | None = None, **backbone_kwargs: Any) -> None:
+    def __init__(
+        self,
+        backbone: FrozenSAM | str = DEFAULT_BACKBONE,
+        checkpoint: Any = "default",
+        num_classes: int = 1,
+        prompt_encoder: str = "head",
+        prompt_encoder_kwargs: dict | None = None,
+        surrogate: bool = True,
+        output: str = "sam",
+        cache: EmbeddingCache | bool | str | os.PathLike | None = None,
+        **backbone_kwargs: Any,
+    ) -> None:
         super().__init__()
         if num_classes < 1:
             raise ValueError(f"num_classes must be >= 1, got {num_classes}.")
@@ -220,8 +256,9 @@ class AutoSAMLoss(nn.Module):
         lambda_dice / lambda_bce: weights of the two terms. Default 1 and 1.
     """
 
-    def __init__(self, num_classes: int = 1, surrogate_weight: float = 1.0, lambda_dice: float = 1.0,
-                 lambda_bce: float = 1.0) -> None:
+    def __init__(
+        self, num_classes: int = 1, surrogate_weight: float = 1.0, lambda_dice: float = 1.0, lambda_bce: float = 1.0
+    ) -> None:
         super().__init__()
         self.k, self.w_h = num_classes, surrogate_weight
         self.dice = DiceLoss(sigmoid=True)
@@ -236,12 +273,14 @@ class AutoSAMLoss(nn.Module):
         if pred.shape[1] == self.k:
             return self._one(pred, target)
         if pred.shape[1] == 2 * self.k:
-            return self._one(pred[:, : self.k], target) + self.w_h * self._one(pred[:, self.k:], target)
+            return self._one(pred[:, : self.k], target) + self.w_h * self._one(pred[:, self.k :], target)
         raise ValueError(f"expected {self.k} or {2 * self.k} channels, got {pred.shape[1]}.")
 
 
-def autosam_lite_medsam(num_classes: int = 1, prompt_encoder: str = "head", checkpoint: Any = "default",
-                        **kwargs: Any) -> AutoSAM:
+def autosam_lite_medsam(
+    num_classes: int = 1, prompt_encoder: str = "head", checkpoint: Any = "default", **kwargs: Any
+) -> AutoSAM:
     """AutoSAM on the frozen LiteMedSAM backbone (the configuration of our bundles)."""
-    return AutoSAM("lite_medsam", checkpoint=checkpoint, num_classes=num_classes, prompt_encoder=prompt_encoder,
-                   **kwargs)
+    return AutoSAM(
+        "lite_medsam", checkpoint=checkpoint, num_classes=num_classes, prompt_encoder=prompt_encoder, **kwargs
+    )

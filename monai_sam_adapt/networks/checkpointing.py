@@ -30,12 +30,14 @@ class TrainedPartsCheckpoint:
             del sd[k]
         return sd
 
-    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
-                              error_msgs):
+    def _load_from_state_dict(
+        self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+    ):
         for k, v in self.sam.state_dict(prefix=prefix + "sam.", keep_vars=False).items():
             state_dict.setdefault(k, v)  # frozen parts come from the backbone's own checkpoint
-        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
-                                      error_msgs)
+        super()._load_from_state_dict(
+            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+        )
 
     def get_extra_state(self) -> dict:
         return self.checkpoint_identity()
@@ -44,6 +46,7 @@ class TrainedPartsCheckpoint:
         mine = self.checkpoint_identity()
         diff = [k for k in ("method", *self.identity_keys) if state.get(k) != mine.get(k)]
         if diff:
+
             def show(d: dict) -> str:
                 return ", ".join(f"{k}={d.get(k)!r}" for k in diff if k != "arch") or "architecture"
 
@@ -51,4 +54,5 @@ class TrainedPartsCheckpoint:
                 f"these {state.get('method')} weights were trained on backbone {state.get('backbone')!r} "
                 f"(checkpoint SHA-256 {state.get('sha256')}); this model is {mine['method']} on {mine['backbone']!r} "
                 f"(SHA-256 {mine['sha256']}). Differs: {', '.join(diff)} ({show(state)} vs {show(mine)}). "
-                "Load them with the backbone and settings they were trained with.")
+                "Load them with the backbone and settings they were trained with."
+            )

@@ -53,11 +53,19 @@ class SSAM(TrainedPartsCheckpoint, nn.Module):
 
     identity_keys = ("backbone", "sha256", "arch", "adaptation", "labels", "text_encoder")
 
-    def __init__(self, backbone: FrozenSAM | str = DEFAULT_BACKBONE, checkpoint: Any = "default",
-                 label_names: Sequence[str] = ("foreground",),
-                 text_encoder: nn.Module | dict | str | os.PathLike | None = None, method: str = "svd", rank: int = 4,
-                 image_size: int | None = None, train_norms: bool = True, train_pos_embed: bool = True,
-                 **backbone_kwargs: Any) -> None:
+    def __init__(
+        self,
+        backbone: FrozenSAM | str = DEFAULT_BACKBONE,
+        checkpoint: Any = "default",
+        label_names: Sequence[str] = ("foreground",),
+        text_encoder: nn.Module | dict | str | os.PathLike | None = None,
+        method: str = "svd",
+        rank: int = 4,
+        image_size: int | None = None,
+        train_norms: bool = True,
+        train_pos_embed: bool = True,
+        **backbone_kwargs: Any,
+    ) -> None:
         super().__init__()
         if method not in METHODS:
             raise ValueError(f"method must be one of {METHODS}, got {method!r}.")
@@ -78,8 +86,13 @@ class SSAM(TrainedPartsCheckpoint, nn.Module):
 
     def checkpoint_identity(self) -> dict[str, Any]:
         adaptation = {"method": self.method, **({"rank": self.rank} if self.method == "lora" else {})}
-        return {"method": "SSAM", "adaptation": adaptation, "labels": self.label_names,
-                "text_encoder": self.text_identity, **self.sam.identity}
+        return {
+            "method": "SSAM",
+            "adaptation": adaptation,
+            "labels": self.label_names,
+            "text_encoder": self.text_identity,
+            **self.sam.identity,
+        }
 
     def train(self, mode: bool = True) -> SSAM:
         """Frozen parts stay in eval (batch-norm statistics never move); modules whose attention biases train follow

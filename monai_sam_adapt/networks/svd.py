@@ -1,7 +1,8 @@
 """Parameter-efficient adaptation of a frozen image encoder: S-SAM's singular-value tuning and a LoRA baseline.
 
 S-SAM (Paranjape et al., https://arxiv.org/abs/2408.06447): every adapted weight ``W = U diag(s) V^T`` becomes
-``U diag(ReLU(A * s + B)) V^T`` with trainable ``A`` (init 1) and ``B`` (init 0), so the adapted encoder equals the frozen
+``U diag(ReLU(A * s + B)) V^T`` with trainable ``A`` (init 1) and ``B`` (init 0), so the adapted encoder equals the
+frozen
 one at initialisation. The decomposition is computed once (buffers), never per step; ``merge_adapters`` folds the
 adapted weights back into plain layers for inference.
 
@@ -56,8 +57,9 @@ class _Adapter(nn.Module):
         w = self.weight().detach()
         if self.is_conv:
             out, inp_g, kh, kw = w.shape
-            layer = nn.Conv2d(inp_g * self.conv_kwargs["groups"], out, (kh, kw), bias=self.bias is not None,
-                              **self.conv_kwargs)
+            layer = nn.Conv2d(
+                inp_g * self.conv_kwargs["groups"], out, (kh, kw), bias=self.bias is not None, **self.conv_kwargs
+            )
         else:
             layer = nn.Linear(w.shape[1], w.shape[0], bias=self.bias is not None)
         layer = layer.to(device=w.device, dtype=w.dtype)
@@ -118,9 +120,14 @@ def _norm_like(m: nn.Module) -> bool:
     return isinstance(m, (nn.LayerNorm, nn.GroupNorm, nn.BatchNorm2d)) or type(m).__name__ == "LayerNorm2d"
 
 
-def adapt_encoder(encoder: nn.Module, method: str = "svd", rank: int = 4,
-                  select: Callable[[str, nn.Module], bool] | None = None, train_norms: bool = True,
-                  train_pos_embed: bool = True) -> list[str]:
+def adapt_encoder(
+    encoder: nn.Module,
+    method: str = "svd",
+    rank: int = 4,
+    select: Callable[[str, nn.Module], bool] | None = None,
+    train_norms: bool = True,
+    train_pos_embed: bool = True,
+) -> list[str]:
     """Replace the encoder's ``nn.Linear``/``nn.Conv2d`` layers by adapters, in place; freeze everything else except
     norm layers' affine parameters and the positional embedding (S-SAM trains those too).
 
@@ -139,8 +146,11 @@ def adapt_encoder(encoder: nn.Module, method: str = "svd", rank: int = 4,
     if method not in ("svd", "lora"):
         raise ValueError(f"method must be 'svd' or 'lora', got {method!r}.")
     encoder.requires_grad_(False)
-    chosen = [(n, m) for n, m in encoder.named_modules()
-              if isinstance(m, (nn.Linear, nn.Conv2d)) and (select is None or select(n, m))]
+    chosen = [
+        (n, m)
+        for n, m in encoder.named_modules()
+        if isinstance(m, (nn.Linear, nn.Conv2d)) and (select is None or select(n, m))
+    ]
     if not chosen:
         raise ValueError("no nn.Linear / nn.Conv2d layer selected for adaptation.")
     for name, layer in chosen:

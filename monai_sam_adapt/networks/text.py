@@ -1,4 +1,5 @@
-"""Label names as prompts: a frozen text encoder turns each name into a feature; a trainable Text Affine Layer turns that
+"""Label names as prompts: a frozen text encoder turns each name into a feature; a trainable Text Affine Layer turns
+that
 feature into one sparse prompt token of the frozen SAM mask decoder (S-SAM, https://arxiv.org/abs/2408.06447).
 
 Two text encoders:
@@ -25,8 +26,14 @@ from torch import nn
 
 from ..sam.backbones import CheckpointError, file_sha256
 
-__all__ = ["CLIPTextEncoder", "LabelIndexEncoder", "TextAffineLayer", "UnknownLabelError", "build_text_encoder",
-           "check_label_names"]
+__all__ = [
+    "CLIPTextEncoder",
+    "LabelIndexEncoder",
+    "TextAffineLayer",
+    "UnknownLabelError",
+    "build_text_encoder",
+    "check_label_names",
+]
 
 
 class UnknownLabelError(KeyError):
@@ -81,16 +88,19 @@ class CLIPTextEncoder(nn.Module):
     Features are L2-normalised, as CLIP compares them.
     """
 
-    def __init__(self, checkpoint: str | os.PathLike, model_name: str = "ViT-B-32",
-                 model_config: str | os.PathLike | None = None) -> None:
+    def __init__(
+        self, checkpoint: str | os.PathLike, model_name: str = "ViT-B-32", model_config: str | os.PathLike | None = None
+    ) -> None:
         super().__init__()
         import open_clip
 
         path = Path(checkpoint)
         if not path.is_file():
-            raise CheckpointError(f"CLIP text encoder checkpoint {str(path)!r} does not exist (no weights are ever "
-                                  "downloaded): name a local open_clip checkpoint file, or use the offline "
-                                  "LabelIndexEncoder (text_encoder=None).")
+            raise CheckpointError(
+                f"CLIP text encoder checkpoint {str(path)!r} does not exist (no weights are ever "
+                "downloaded): name a local open_clip checkpoint file, or use the offline "
+                "LabelIndexEncoder (text_encoder=None)."
+            )
         if model_config is not None:
             cfg = Path(model_config)
             try:
@@ -107,8 +117,11 @@ class CLIPTextEncoder(nn.Module):
         self.model = model.eval().requires_grad_(False)
         self.tokenizer = open_clip.get_tokenizer(model_name)
         self.model_name, self.checkpoint_path, self.checkpoint_sha256 = model_name, str(path), file_sha256(path)
-        self.output_dim = int(model.text_projection.shape[1]) if getattr(model, "text_projection", None) is not None \
+        self.output_dim = (
+            int(model.text_projection.shape[1])
+            if getattr(model, "text_projection", None) is not None
             else int(model.transformer.width)
+        )
 
     @property
     def identity(self) -> dict[str, Any]:
@@ -124,8 +137,9 @@ class CLIPTextEncoder(nn.Module):
         return torch.nn.functional.normalize(feats.float(), dim=-1)
 
 
-def build_text_encoder(label_names: Sequence[str], text_encoder: nn.Module | dict | str | os.PathLike | None = None
-                       ) -> nn.Module:
+def build_text_encoder(
+    label_names: Sequence[str], text_encoder: nn.Module | dict | str | os.PathLike | None = None
+) -> nn.Module:
     """``None`` -> :class:`LabelIndexEncoder`; a path -> :class:`CLIPTextEncoder` (ViT-B-32); a dict -> its keyword
     arguments; a module is returned as it is."""
     if text_encoder is None:

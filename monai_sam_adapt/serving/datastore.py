@@ -53,7 +53,9 @@ class CheckedDatastoreMixin:
         if label.shape[0] != 1 or tuple(label.shape[1:]) != grid:
             raise RequestError(
                 f"label for image {image_id!r} has shape {tuple(label.shape)}; the image is "
-                f"{grid}: a label must be one channel on the image's grid.", 400)
+                f"{grid}: a label must be one channel on the image's grid.",
+                400,
+            )
         return label
 
     def save_label(self, image_id: str, label_filename: str, label_tag: str, label_info: dict[str, Any]) -> str:
@@ -88,8 +90,9 @@ class SegDICOMWebDatastore(CheckedDatastoreMixin, DICOMWebDatastore):
             objects.setdefault(series, {"image": {"info": {"SeriesInstanceUID": series}}, "labels": {}})
         return out
 
-    def save_label(self, image_id: str, label_filename: str, label_tag: str, label_info: dict[str, Any],
-                   label_id: str = "") -> str:
+    def save_label(
+        self, image_id: str, label_filename: str, label_tag: str, label_info: dict[str, Any], label_id: str = ""
+    ) -> str:
         if label_tag != DefaultLabelTag.FINAL or label_filename.endswith(".bin"):
             return super().save_label(image_id, label_filename, label_tag, label_info)
         label = self.check_label(image_id, label_filename)
@@ -97,12 +100,23 @@ class SegDICOMWebDatastore(CheckedDatastoreMixin, DICOMWebDatastore):
         names = label_names_of(values, label_info, self.labels)
         series_dir = os.path.realpath(os.path.join(self._datastore.image_path(), image_id))
         with tempfile.TemporaryDirectory() as tmp:
-            seg = write_dicom_seg(label, series_dir, Path(tmp) / "seg.dcm", names, values,
-                                  algorithm_type="semiautomatic" if label_info.get("model") is None else "automatic")
+            seg = write_dicom_seg(
+                label,
+                series_dir,
+                Path(tmp) / "seg.dcm",
+                names,
+                values,
+                algorithm_type="semiautomatic" if label_info.get("model") is None else "automatic",
+            )
             seg_series = dicom_web_upload_dcm(str(seg), self._client)
         info = self.get_image_info(image_id)
-        label_info = {**label_info, "SeriesInstanceUID": seg_series, "Modality": info.get("Modality"),
-                      "PatientID": info.get("PatientID"), "StudyInstanceUID": info.get("StudyInstanceUID"),
-                      "label_names": dict(zip(names, values))}
+        label_info = {
+            **label_info,
+            "SeriesInstanceUID": seg_series,
+            "Modality": info.get("Modality"),
+            "PatientID": info.get("PatientID"),
+            "StudyInstanceUID": info.get("StudyInstanceUID"),
+            "label_names": dict(zip(names, values)),
+        }
         logger.info(f"DICOM SEG {seg_series} for series {image_id}: segments {dict(zip(names, values))}")
         return LocalDatastore.save_label(self, image_id, label_filename, label_tag, label_info)

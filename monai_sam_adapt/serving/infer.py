@@ -10,8 +10,9 @@ import shutil
 import tempfile
 import threading
 from collections import defaultdict
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -22,13 +23,22 @@ from monai.data import MetaTensor
 from monai.transforms import SaveImage
 from monailabel.interfaces.tasks.infer_v2 import InferTask, InferType
 
+from ..bundle import read_config
 from ..io import AtomicNibabelWriter, PILMaskWriter
 from ..sam.backbones import DEFAULT_BACKBONE, FrozenSAM
 from ..transforms import CTWindow, SAMPreprocess
 from ..transforms.dictionary import InputError, LoadMedicalImaged
 from .errors import RequestError
 
-__all__ = ["BundleInferTask", "InteractiveSAMTask", "bundle_labels", "click_box", "image_shape", "input_error", "read_input"]
+__all__ = [
+    "BundleInferTask",
+    "InteractiveSAMTask",
+    "bundle_labels",
+    "click_box",
+    "image_shape",
+    "input_error",
+    "read_input",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -79,7 +89,7 @@ def bundle_labels(bundle_dir: str | os.PathLike) -> dict[str, int]:
     meta = json.loads((cfg / "metadata.json").read_text())
     channels = meta["network_data_format"]["outputs"]["pred"]["channel_def"]
     names = [channels[k] for k in sorted(channels, key=int) if str(channels[k]).lower() != "background"]
-    values = json.loads((cfg / "inference.json").read_text()).get("label_values") or list(range(1, len(names) + 1))
+    values = read_config(bundle_dir).get("label_values") or list(range(1, len(names) + 1))
     if len(values) != len(names):
         raise ValueError(f"{cfg / 'inference.json'}: {len(values)} label_values for {len(names)} labels {names}.")
     return dict(zip(names, map(int, values)))
@@ -120,18 +130,20 @@ class BundleInferTask(InferTask):
             bundle's ``models/model.pt`` once they exist, and reloaded whenever the file changes.
     """
 
-    def __init__(self, bundle_dir: str | os.PathLike, device: str | None = None,
-                 trained_path: str | os.PathLike | None = None) -> None:
+    def __init__(
+        self, bundle_dir: str | os.PathLike, device: str | None = None, trained_path: str | os.PathLike | None = None
+    ) -> None:
         self.bundle_dir = Path(bundle_dir).resolve()
         self.config_file = self.bundle_dir / "configs" / "inference.json"
         self.bundle_model = self.bundle_dir / "models" / "model.pt"
         self.trained_path = Path(trained_path) if trained_path else None
         meta = json.loads((self.bundle_dir / "configs" / "metadata.json").read_text())
-        self._bundle_config = config = json.loads(self.config_file.read_text())
+        self._bundle_config = config = read_config(self.bundle_dir, "inference.json")
         self.output_ext = ".png" if config.get("slice_axis") is None else ".nii.gz"
         self.input_channels = list(config.get("input_channels") or [])
         super().__init__(
-            type=InferType.SEGMENTATION, labels=bundle_labels(self.bundle_dir),
+            type=InferType.SEGMENTATION,
+            labels=bundle_labels(self.bundle_dir),
             dimension=2 if config.get("slice_axis") is None else 3,
             description=meta.get("description", meta.get("name", self.bundle_dir.name)),
             config={"device": device or ""},
@@ -157,7 +169,6 @@ class BundleInferTask(InferTask):
 
     def _parser(self, device: torch.device) -> ConfigParser:
         parser = ConfigParser(copy.deepcopy(self._bundle_config))  # read once; every request parses its own copy
-        parser["bundle_root"] = str(self.bundle_dir)
         parser["device"] = f"$torch.device('{device}')"
         return parser
 
@@ -186,8 +197,11 @@ class BundleInferTask(InferTask):
         if channels:  # one file must carry every channel the bundle reads from several (e.g. FLAIR and T1c)
             got = image_shape(image, "image")[0]
             if got != len(channels):
-                raise RequestError(f"model {self.bundle_dir.name!r} needs {len(channels)} channels {channels} in one "
-                                   f"image (e.g. a 4D NIfTI); {image!r} has {got}.", 400)
+                raise RequestError(
+                    f"model {self.bundle_dir.name!r} needs {len(channels)} channels {channels} in one "
+                    f"image (e.g. a 4D NIfTI); {image!r} has {got}.",
+                    400,
+                )
         device = self._net_device or _device(request.get("device") or self._device)
         net_def, net = self.network(device)
         parser = self._parser(device)
@@ -199,8 +213,6 @@ class BundleInferTask(InferTask):
             parser["output_dir"] = str(out_dir)
             parser["num_workers"] = 0
             parser["handlers"] = []
-            if "output_ext" in parser.config:
-                parser["output_ext"] = self.output_ext
             try:
                 parser.get_parsed_content("evaluator", lazy=False).run()
             except Exception as e:
@@ -233,8 +245,9 @@ def _points(request: dict[str, Any], key: str, ndim: int, shape: Sequence[int]) 
 CLICK_SCALES = (0.5, 1.0, 2.0, 3.0)
 
 
-def click_box(fg: Sequence[Sequence[int]], prior: torch.Tensor | None, margin: float,
-              shape: Sequence[int]) -> list[float] | None:
+def click_box(
+    fg: Sequence[Sequence[int]], prior: torch.Tensor | None, margin: float, shape: Sequence[int]
+) -> list[float] | None:
     """``(row0, col0, row1, col1)`` around a slice's region being refined (``prior``) and its foreground clicks;
     without a region, around the clicks grown by ``margin`` pixels (clipped to the slice). ``None`` without clicks
     and region."""
@@ -280,12 +293,22 @@ class InteractiveSAMTask(InferTask):
         backbone_kwargs: architecture overrides (tiny test models).
     """
 
-    def __init__(self, backbone: FrozenSAM | str = DEFAULT_BACKBONE, checkpoint: Any = "default",
-                 device: str | None = None, click_box: bool | None = None, click_margin: float = 0.1,
-                 **backbone_kwargs: Any) -> None:
-        super().__init__(type=InferType.DEEPGROW, labels=None, dimension=3,
-                         description="SAM refinement: foreground/background clicks or a box (optionally on a mask)",
-                         config={"ct_window": "", "label_value": 1})
+    def __init__(
+        self,
+        backbone: FrozenSAM | str = DEFAULT_BACKBONE,
+        checkpoint: Any = "default",
+        device: str | None = None,
+        click_box: bool | None = None,
+        click_margin: float = 0.1,
+        **backbone_kwargs: Any,
+    ) -> None:
+        super().__init__(
+            type=InferType.DEEPGROW,
+            labels=None,
+            dimension=3,
+            description="SAM refinement: foreground/background clicks or a box (optionally on a mask)",
+            config={"ct_window": "", "label_value": 1},
+        )
         self._backbone, self._checkpoint, self._kwargs = backbone, checkpoint, backbone_kwargs
         name = backbone.name if isinstance(backbone, FrozenSAM) else str(backbone)
         self.click_box = (name == "lite_medsam") if click_box is None else bool(click_box)
@@ -313,8 +336,11 @@ class InteractiveSAMTask(InferTask):
         if request.get("label"):
             label = read_input(request["label"], "label")
             if tuple(label.shape[1:]) != spatial:
-                raise RequestError(f"label {request['label']!r} has shape {tuple(label.shape[1:])}, the image "
-                                   f"{spatial}: a label must be on the image's grid.", 400)
+                raise RequestError(
+                    f"label {request['label']!r} has shape {tuple(label.shape[1:])}, the image "
+                    f"{spatial}: a label must be on the image's grid.",
+                    400,
+                )
         fg = _points(request, "foreground", ndim, spatial)
         bg = _points(request, "background", ndim, spatial)
         box = request.get("box")
@@ -351,8 +377,9 @@ class InteractiveSAMTask(InferTask):
                 target[mask & (target == 0)] = value  # other labels' voxels are never taken over
         return self._write(result, image), {"slices": sorted(by_slice), "label_value": value}
 
-    def _segment_plane(self, sam: FrozenSAM, plane: torch.Tensor, prompts: dict, prior: torch.Tensor | None,
-                       device: torch.device) -> torch.Tensor:
+    def _segment_plane(
+        self, sam: FrozenSAM, plane: torch.Tensor, prompts: dict, prior: torch.Tensor | None, device: torch.device
+    ) -> torch.Tensor:
         """One 2D plane ``(C, H, W)`` (rows first) with its prompts -> boolean mask ``(H, W)`` on the plane's grid."""
         s = sam.image_size
         pre = SAMPreprocess(sam.spec, image_size=s)
@@ -373,13 +400,15 @@ class InteractiveSAMTask(InferTask):
         if not candidates and self.click_box:
             grown = prior is None or not bool(prior.any())  # clicks alone: the object's size is unknown
             scales = CLICK_SCALES if grown else (1.0,)
-            candidates = [b for f in scales
-                          if (b := click_box(prompts["fg"], prior, f * self.click_margin * max(h, w), (h, w)))]
+            candidates = [
+                b for f in scales if (b := click_box(prompts["fg"], prior, f * self.click_margin * max(h, w), (h, w)))
+            ]
         n = max(len(candidates), 1)
         boxes = None
         if candidates:
-            boxes = torch.tensor([[to_sam(b[:2]) + to_sam(b[2:]) for b in candidates]], dtype=torch.float32,
-                                 device=device)
+            boxes = torch.tensor(
+                [[to_sam(b[:2]) + to_sam(b[2:]) for b in candidates]], dtype=torch.float32, device=device
+            )
         if points is not None:
             points, labels = points.expand(-1, n, -1, -1), labels.expand(-1, n, -1)
         masks = None
@@ -390,8 +419,9 @@ class InteractiveSAMTask(InferTask):
             masks = ((m * 2 - 1) * 10).to(device)[:, None].expand(-1, n, -1, -1, -1)  # logits: +10 in, -10 out
         emb = sam.encode(x.as_tensor()[None].to(device))
         single = masks is None and boxes is None and len(lab) == 1
-        logits, iou = sam.decode(emb, boxes=boxes, points=points, point_labels=labels, masks=masks,
-                                 multimask_output=single)  # one click is ambiguous: keep SAM's best of three
+        logits, iou = sam.decode(
+            emb, boxes=boxes, points=points, point_labels=labels, masks=masks, multimask_output=single
+        )  # one click is ambiguous: keep SAM's best of three
         # several candidate boxes (or SAM's three masks for one click): keep the one SAM scores best
         flat_logits, flat_iou = logits[0].flatten(0, 1), iou[0].flatten()
         up = sam.upscale(flat_logits[int(flat_iou.argmax())])[None].cpu()
@@ -403,9 +433,16 @@ class InteractiveSAMTask(InferTask):
         out_dir = Path(tempfile.mkdtemp(prefix="sam-interactive-"))
         try:
             is_2d = result.ndim == 2
-            saver = SaveImage(output_dir=str(out_dir), output_postfix="sam", output_ext=".png" if is_2d else ".nii.gz",
-                              writer=PILMaskWriter if is_2d else AtomicNibabelWriter, separate_folder=False,
-                              resample=False, output_dtype=np.uint8, print_log=False)
+            saver = SaveImage(
+                output_dir=str(out_dir),
+                output_postfix="sam",
+                output_ext=".png" if is_2d else ".nii.gz",
+                writer=PILMaskWriter if is_2d else AtomicNibabelWriter,
+                separate_folder=False,
+                resample=False,
+                output_dtype=np.uint8,
+                print_log=False,
+            )
             saver(MetaTensor(result[None].to(torch.uint8), meta=dict(image.meta)))
             return _single_output(out_dir, ".png" if is_2d else ".nii.gz")
         finally:

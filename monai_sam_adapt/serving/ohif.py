@@ -12,8 +12,15 @@ from pathlib import Path
 __all__ = ["CHROMIUM_ARGS", "screenshot_study"]
 
 #: Headless Chromium on a machine without network: no background connections, no GPU.
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                 "--disable-sync", "--no-first-run", "--disable-quic"]
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--disable-quic",
+]
 
 
 def _settle(page, first_wait: float = 1.0, interval: float = 1.5, timeout: float = 60.0) -> bytes:
@@ -30,9 +37,15 @@ def _settle(page, first_wait: float = 1.0, interval: float = 1.5, timeout: float
     return last
 
 
-def screenshot_study(server: str, study_uid: str, out: str | Path, show_seg: str | None = "monai_sam_adapt",
-                     chromium: str = "/usr/bin/chromium", size: tuple[int, int] = (1400, 900),
-                     timeout_s: float = 120.0) -> tuple[Path, Path | None]:
+def screenshot_study(
+    server: str,
+    study_uid: str,
+    out: str | Path,
+    show_seg: str | None = "monai_sam_adapt",
+    chromium: str = "/usr/bin/chromium",
+    size: tuple[int, int] = (1400, 900),
+    timeout_s: float = 120.0,
+) -> tuple[Path, Path | None]:
     """Open ``<server>/ohif/viewer?StudyInstanceUIDs=<study_uid>`` and save a screenshot of the first image.
 
     With ``show_seg``, the SEG series whose description contains it is then opened in the viewport (double-click

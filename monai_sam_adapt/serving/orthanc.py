@@ -47,8 +47,15 @@ def orthanc_config(storage: str | Path, http_port: int = 8042, plugin: str = DIC
         "DicomServerEnabled": False,
         "HttpsCACertificates": "",
         "Plugins": [plugin],
-        "DicomWeb": {"Enable": True, "Root": "/dicom-web/", "EnableWado": True, "WadoRoot": "/wado",
-                     "Ssl": False, "StudiesMetadata": "Full", "SeriesMetadata": "Full"},
+        "DicomWeb": {
+            "Enable": True,
+            "Root": "/dicom-web/",
+            "EnableWado": True,
+            "WadoRoot": "/wado",
+            "Ssl": False,
+            "StudiesMetadata": "Full",
+            "SeriesMetadata": "Full",
+        },
     }
 
 
@@ -70,8 +77,9 @@ def wait_http(url: str, timeout: float = 60.0, proc: subprocess.Popen | None = N
     raise TimeoutError(f"{url} did not answer within {timeout:.0f} s ({last}).")
 
 
-def start_orthanc(storage: str | Path, http_port: int = 8042, log: str | Path | None = None,
-                  timeout: float = 60.0) -> subprocess.Popen:
+def start_orthanc(
+    storage: str | Path, http_port: int = 8042, log: str | Path | None = None, timeout: float = 60.0
+) -> subprocess.Popen:
     """Start Orthanc with :func:`orthanc_config` and wait until its DICOMweb root answers. Returns the process."""
     exe = shutil.which("Orthanc")
     if exe is None:
@@ -98,8 +106,12 @@ def upload_instances(orthanc: str, files) -> set[str]:
 
     series = set()
     for f in files:
-        req = urllib.request.Request(f"{orthanc}/instances", data=Path(f).read_bytes(), method="POST",
-                                     headers={"Content-Type": "application/dicom"})
+        req = urllib.request.Request(
+            f"{orthanc}/instances",
+            data=Path(f).read_bytes(),
+            method="POST",
+            headers={"Content-Type": "application/dicom"},
+        )
         with urllib.request.urlopen(req, timeout=60) as r:
             r.read()
         series.add(str(pydicom.dcmread(f, stop_before_pixels=True).SeriesInstanceUID))
@@ -112,8 +124,10 @@ def main() -> None:
     p.add_argument("--http-port", type=int, default=8042)
     args = p.parse_args()
     proc = start_orthanc(args.storage, args.http_port)
-    print(f"Orthanc DICOMweb: http://127.0.0.1:{args.http_port}/dicom-web (remote access refused); Ctrl-C stops it",
-          flush=True)
+    print(
+        f"Orthanc DICOMweb: http://127.0.0.1:{args.http_port}/dicom-web (remote access refused); Ctrl-C stops it",
+        flush=True,
+    )
     try:
         proc.wait()
     except KeyboardInterrupt:

@@ -1,4 +1,5 @@
-"""The ASGI app to run MONAI Label with: ``monailabel start_server ... --uvicorn_app monai_sam_adapt.serving.server:app``.
+"""The ASGI app to run MONAI Label with:
+``monailabel start_server ... --uvicorn_app monai_sam_adapt.serving.server:app``.
 
 It is MONAI Label's own FastAPI app (``monailabel.app:app``) with three changes, each for a measured obstacle of
 MONAI Label 0.8.5 under monai 1.6 / pydicom 3:

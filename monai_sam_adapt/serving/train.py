@@ -7,9 +7,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from monai.bundle import ConfigWorkflow
 from monailabel.interfaces.tasks.train import TrainTask
 
+from ..bundle import bundle_workflow
 from ..data.datalists import split_by_case
 from .errors import RequestError
 
@@ -47,8 +47,11 @@ class BundleTrainTask(TrainTask):
     def datalist(self, datastore: Any, val_fraction: float) -> dict[str, list[dict[str, str]]]:
         items = [d for d in datastore.datalist() if d.get("image") and d.get("label")]
         if len(items) < 2:
-            raise RequestError(f"training {self.bundle_dir.name!r} needs at least 2 labelled images in the datastore; "
-                               f"it has {len(items)}.", 400)
+            raise RequestError(
+                f"training {self.bundle_dir.name!r} needs at least 2 labelled images in the datastore; "
+                f"it has {len(items)}.",
+                400,
+            )
         by_image = {str(d["image"]): {"image": str(d["image"]), "label": str(d["label"])} for d in items}
         train, val = split_by_case(list(by_image), val_fraction)
         return {"training": [by_image[k] for k in train], "validation": [by_image[k] for k in val]}
@@ -60,23 +63,30 @@ class BundleTrainTask(TrainTask):
             try:
                 conf[k] = type(defaults[k])(request[k])
             except (TypeError, ValueError):
-                raise RequestError(f"training {self.bundle_dir.name!r}: {k!r} must be {type(defaults[k]).__name__}, "
-                                   f"got {request[k]!r}.", 400) from None
+                raise RequestError(
+                    f"training {self.bundle_dir.name!r}: {k!r} must be {type(defaults[k]).__name__}, "
+                    f"got {request[k]!r}.",
+                    400,
+                ) from None
         datalist = self.datalist(datastore, float(conf["val_fraction"]))
-        cfg = self.bundle_dir / "configs"
         run_dir = self.output_dir / time.strftime("%Y%m%d-%H%M%S")
         overrides = {
-            "bundle_root": str(self.bundle_dir), "datalist": datalist, "dataset_dir": str(self.bundle_dir),
-            "output_dir": str(run_dir), "ckpt_dir": str(self.ckpt_dir), "num_workers": 0,
+            "bundle_root": str(self.bundle_dir),
+            "datalist": datalist,
+            "dataset_dir": str(self.bundle_dir),
+            "output_dir": str(run_dir),
+            "ckpt_dir": str(self.ckpt_dir),
+            "num_workers": 0,
             **{k: v for k, v in conf.items() if k != "val_fraction"},
         }
         if request.get("device"):
             overrides["device"] = f"$torch.device('{request['device']}')"
-        logger.info(f"training {self.bundle_dir.name}: {len(datalist['training'])} training and "
-                    f"{len(datalist['validation'])} validation images -> {self.ckpt_dir / 'model.pt'}")
+        logger.info(
+            f"training {self.bundle_dir.name}: {len(datalist['training'])} training and "
+            f"{len(datalist['validation'])} validation images -> {self.ckpt_dir / 'model.pt'}"
+        )
         start = time.time()
-        wf = ConfigWorkflow(config_file=str(cfg / "train.json"), meta_file=str(cfg / "metadata.json"),
-                            logging_file=str(cfg / "logging.conf"), workflow_type="train", **overrides)
+        wf = bundle_workflow(self.bundle_dir, "train.json", workflow_type="train", **overrides)
         wf.initialize()
         try:
             wf.run()
@@ -85,8 +95,10 @@ class BundleTrainTask(TrainTask):
         trainer = wf.parser.get_parsed_content("train#trainer")
         validator = wf.parser.get_parsed_content("validate#evaluator") if "validate" in wf.parser.config else None
         self._stats = {
-            "epochs": int(trainer.state.epoch), "train_images": len(datalist["training"]),
-            "val_images": len(datalist["validation"]), "seconds": round(time.time() - start, 1),
+            "epochs": int(trainer.state.epoch),
+            "train_images": len(datalist["training"]),
+            "val_images": len(datalist["validation"]),
+            "seconds": round(time.time() - start, 1),
             "best_metric": None if validator is None else float(validator.state.best_metric),
             "model": str(self.ckpt_dir / "model.pt"),
         }

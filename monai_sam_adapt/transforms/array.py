@@ -70,8 +70,16 @@ class CTWindow(ScaleIntensityRange):
         CTWindow(width=400, level=40)(ct)
     """
 
-    def __init__(self, preset: str | None = None, width: float | None = None, level: float | None = None,
-                 b_min: float = 0.0, b_max: float = 1.0, clip: bool = True, dtype: DtypeLike = np.float32) -> None:
+    def __init__(
+        self,
+        preset: str | None = None,
+        width: float | None = None,
+        level: float | None = None,
+        b_min: float = 0.0,
+        b_max: float = 1.0,
+        clip: bool = True,
+        dtype: DtypeLike = np.float32,
+    ) -> None:
         if preset is not None and preset not in CT_WINDOWS:
             raise ValueError(f"unknown CT window preset {preset!r}; known presets: {sorted(CT_WINDOWS)}.")
         w, lv = CT_WINDOWS[preset] if preset is not None else (None, None)
@@ -123,8 +131,12 @@ class SelectLabels(Transform):
     Returns a float tensor ``(K, *spatial)`` of 0/1, MetaTensor metadata kept.
     """
 
-    def __init__(self, classes: Sequence[int] | Mapping[str, int | Sequence[int]] | None = None,
-                 threshold: float | None = None, reduce_channels: bool = True) -> None:
+    def __init__(
+        self,
+        classes: Sequence[int] | Mapping[str, int | Sequence[int]] | None = None,
+        threshold: float | None = None,
+        reduce_channels: bool = True,
+    ) -> None:
         if isinstance(classes, Mapping):
             self.names = list(classes)
             self.values = [list(ensure_tuple(v)) for v in classes.values()]
@@ -164,8 +176,14 @@ class SAMResizeLongest(Resize):
         kwargs: passed to MONAI's ``Resize``.
     """
 
-    def __init__(self, target_size: int, slice_axis: int | None = None, mode: str = "bilinear",
-                 anti_aliasing: bool = True, **kwargs) -> None:
+    def __init__(
+        self,
+        target_size: int,
+        slice_axis: int | None = None,
+        mode: str = "bilinear",
+        anti_aliasing: bool = True,
+        **kwargs,
+    ) -> None:
         if int(target_size) <= 0:
             raise ValueError(f"target_size must be positive, got {target_size}.")
         if slice_axis is not None and slice_axis not in (0, 1, 2):
@@ -179,28 +197,41 @@ class SAMResizeLongest(Resize):
         shape = [int(s) for s in spatial_shape]
         plane = [i for i in range(len(shape)) if i != self.slice_axis]
         if len(plane) != 2:
-            raise ValueError(f"expected a 2D image (or 3D with slice_axis), got spatial shape {tuple(shape)} with "
-                             f"slice_axis={self.slice_axis}.")
+            raise ValueError(
+                f"expected a 2D image (or 3D with slice_axis), got spatial shape {tuple(shape)} with "
+                f"slice_axis={self.slice_axis}."
+            )
         scale = self.target_size / max(shape[i] for i in plane)
         return tuple(int(s * scale + 0.5) if i in plane else s for i, s in enumerate(shape))
 
-    def __call__(self, img: torch.Tensor, mode: str | None = None, align_corners: bool | None = None,
-                 anti_aliasing: bool | None = None, anti_aliasing_sigma=None, dtype=None,
-                 lazy: bool | None = None) -> torch.Tensor:
+    def __call__(
+        self,
+        img: torch.Tensor,
+        mode: str | None = None,
+        align_corners: bool | None = None,
+        anti_aliasing: bool | None = None,
+        anti_aliasing_sigma=None,
+        dtype=None,
+        lazy: bool | None = None,
+    ) -> torch.Tensor:
         img = convert_to_tensor(img, track_meta=get_track_meta())
         spatial = img.peek_pending_shape() if isinstance(img, MetaTensor) else img.shape[1:]
         return resize(  # type: ignore[return-value]
-            img, self.output_size(spatial), mode or self.mode,
+            img,
+            self.output_size(spatial),
+            mode or self.mode,
             self.align_corners if align_corners is None else align_corners,
-            dtype or self.dtype or torch.float32, len(spatial),
+            dtype or self.dtype or torch.float32,
+            len(spatial),
             self.anti_aliasing if anti_aliasing is None else anti_aliasing,
             self.anti_aliasing_sigma if anti_aliasing_sigma is None else anti_aliasing_sigma,
-            self.lazy if lazy is None else lazy, self.get_transform_info(),
+            self.lazy if lazy is None else lazy,
+            self.get_transform_info(),
         )
 
 
 def sam_intensity(spec: BackboneSpec | str) -> list[Transform]:
-    """The intensity normalisation a backbone expects, as MONAI array transforms (applied before padding, as SAM does)."""
+    """The intensity normalisation a backbone expects, as MONAI array transforms (before padding, as SAM does)."""
     return [getattr(monai.transforms, name)(**kw) for name, kw in get_spec(spec).intensity_steps()]
 
 
@@ -211,7 +242,8 @@ def _pad_size(target: int, slice_axis: int | None) -> tuple[int, ...]:
 
 
 class SAMPreprocess(Compose):
-    """A backbone's full image pre-processing: three channels, resize the longest side, normalise, pad (end) to a square.
+    """A backbone's full image pre-processing: three channels, resize the longest side, normalise, pad (end) to a
+    square.
 
     Invertible: ``inverse`` (or MONAI's ``Invertd`` with this transform) maps a prediction made at SAM resolution
     back onto the input's own grid exactly (padding cropped, then resized back).
@@ -224,8 +256,13 @@ class SAMPreprocess(Compose):
             Default ``False``.
     """
 
-    def __init__(self, backbone: str | BackboneSpec = "lite_medsam", slice_axis: int | None = None,
-                 image_size: int | None = None, label: bool = False) -> None:
+    def __init__(
+        self,
+        backbone: str | BackboneSpec = "lite_medsam",
+        slice_axis: int | None = None,
+        image_size: int | None = None,
+        label: bool = False,
+    ) -> None:
         spec = get_spec(backbone)
         size = int(image_size or spec.image_size)
         if label:
@@ -257,7 +294,9 @@ class BoxFromLabel(Transform):
     def __call__(self, label: NdarrayOrTensor) -> torch.Tensor:
         label = convert_to_tensor(label, track_meta=False)
         if label.ndim != 3:
-            raise ValueError(f"BoxFromLabel expects a channel-first 2D label (K, H, W), got shape {tuple(label.shape)}.")
+            raise ValueError(
+                f"BoxFromLabel expects a channel-first 2D label (K, H, W), got shape {tuple(label.shape)}."
+            )
         h, w = label.shape[-2:]
         boxes = []
         for ch in label:

@@ -1,4 +1,4 @@
-"""Dictionary versions of :mod:`monai_sam_adapt.transforms.array`, plus loading with clear errors and 2D slice sampling."""
+"""Dictionary versions of :mod:`monai_sam_adapt.transforms.array`, loading with clear errors, 2D slice sampling."""
 
 from __future__ import annotations
 
@@ -24,21 +24,49 @@ from monai.transforms import (
 from monai.utils import ensure_tuple, ensure_tuple_rep
 
 from ..sam.backbones import BackboneSpec, get_spec
-from .array import AssembleLabels, BoxFromLabel, CTWindow, EnsureThreeChannels, SAMResizeLongest, SelectLabels, _pad_size
+from .array import (
+    AssembleLabels,
+    BoxFromLabel,
+    CTWindow,
+    EnsureThreeChannels,
+    SAMResizeLongest,
+    SelectLabels,
+    _pad_size,
+)
 
 __all__ = [
-    "AssembleLabelsD", "AssembleLabelsDict", "AssembleLabelsd",
-    "BoxFromLabelD", "BoxFromLabelDict", "BoxFromLabeld",
-    "CTWindowD", "CTWindowDict", "CTWindowd",
-    "CheckImageLabelD", "CheckImageLabelDict", "CheckImageLabeld",
-    "EnsureThreeChannelsD", "EnsureThreeChannelsDict", "EnsureThreeChannelsd",
+    "AssembleLabelsD",
+    "AssembleLabelsDict",
+    "AssembleLabelsd",
+    "BoxFromLabelD",
+    "BoxFromLabelDict",
+    "BoxFromLabeld",
+    "CTWindowD",
+    "CTWindowDict",
+    "CTWindowd",
+    "CheckImageLabelD",
+    "CheckImageLabelDict",
+    "CheckImageLabeld",
+    "EnsureThreeChannelsD",
+    "EnsureThreeChannelsDict",
+    "EnsureThreeChannelsd",
     "InputError",
     "PILReader2D",
-    "LoadMedicalImageD", "LoadMedicalImageDict", "LoadMedicalImaged",
-    "RandSliceD", "RandSliceDict", "RandSliced",
-    "SAMPreprocessD", "SAMPreprocessDict", "SAMPreprocessd",
-    "SAMResizeLongestD", "SAMResizeLongestDict", "SAMResizeLongestd",
-    "SelectLabelsD", "SelectLabelsDict", "SelectLabelsd",
+    "LoadMedicalImageD",
+    "LoadMedicalImageDict",
+    "LoadMedicalImaged",
+    "RandSliceD",
+    "RandSliceDict",
+    "RandSliced",
+    "SAMPreprocessD",
+    "SAMPreprocessDict",
+    "SAMPreprocessd",
+    "SAMResizeLongestD",
+    "SAMResizeLongestDict",
+    "SAMResizeLongestd",
+    "SelectLabelsD",
+    "SelectLabelsDict",
+    "SelectLabelsd",
 ]
 
 
@@ -73,9 +101,18 @@ class _ArrayMapd(MapTransform):
 class CTWindowd(_ArrayMapd):
     """Dictionary version of :class:`CTWindow`: ``keys`` first, then the window, ``allow_missing_keys`` last."""
 
-    def __init__(self, keys: KeysCollection, preset: str | None = None, width: float | None = None,
-                 level: float | None = None, b_min: float = 0.0, b_max: float = 1.0, clip: bool = True,
-                 dtype=np.float32, allow_missing_keys: bool = False) -> None:
+    def __init__(
+        self,
+        keys: KeysCollection,
+        preset: str | None = None,
+        width: float | None = None,
+        level: float | None = None,
+        b_min: float = 0.0,
+        b_max: float = 1.0,
+        clip: bool = True,
+        dtype=np.float32,
+        allow_missing_keys: bool = False,
+    ) -> None:
         super().__init__(keys, allow_missing_keys)
         self.transform = CTWindow(preset, width, level, b_min, b_max, clip, dtype)
 
@@ -91,8 +128,14 @@ class EnsureThreeChannelsd(_ArrayMapd):
 class SelectLabelsd(_ArrayMapd):
     """Dictionary version of :class:`SelectLabels`."""
 
-    def __init__(self, keys: KeysCollection, classes=None, threshold: float | None = None,
-                 reduce_channels: bool = True, allow_missing_keys: bool = False) -> None:
+    def __init__(
+        self,
+        keys: KeysCollection,
+        classes=None,
+        threshold: float | None = None,
+        reduce_channels: bool = True,
+        allow_missing_keys: bool = False,
+    ) -> None:
         super().__init__(keys, allow_missing_keys)
         self.transform = SelectLabels(classes, threshold, reduce_channels)
 
@@ -100,8 +143,14 @@ class SelectLabelsd(_ArrayMapd):
 class AssembleLabelsd(_ArrayMapd):
     """Dictionary version of :class:`AssembleLabels`."""
 
-    def __init__(self, keys: KeysCollection, values: Sequence[int] | None = None, threshold: float = 0.5,
-                 sigmoid: bool = True, allow_missing_keys: bool = False) -> None:
+    def __init__(
+        self,
+        keys: KeysCollection,
+        values: Sequence[int] | None = None,
+        threshold: float = 0.5,
+        sigmoid: bool = True,
+        allow_missing_keys: bool = False,
+    ) -> None:
         super().__init__(keys, allow_missing_keys)
         self.transform = AssembleLabels(values, threshold, sigmoid)
 
@@ -117,8 +166,14 @@ class BoxFromLabeld(MapTransform):
         allow_missing_keys: don't raise for missing keys. Default ``False``.
     """
 
-    def __init__(self, keys: KeysCollection, box_keys: KeysCollection = "box", margin: int = 0, empty: str = "full",
-                 allow_missing_keys: bool = False) -> None:
+    def __init__(
+        self,
+        keys: KeysCollection,
+        box_keys: KeysCollection = "box",
+        margin: int = 0,
+        empty: str = "full",
+        allow_missing_keys: bool = False,
+    ) -> None:
         super().__init__(keys, allow_missing_keys)
         self.box_keys = ensure_tuple_rep(box_keys, len(self.keys))
         self.transform = BoxFromLabel(margin, empty)
@@ -136,9 +191,15 @@ class BoxFromLabeld(MapTransform):
 class SAMResizeLongestd(MapTransform, InvertibleTransform):
     """Dictionary version of :class:`SAMResizeLongest`; ``mode`` and ``anti_aliasing`` may differ per key."""
 
-    def __init__(self, keys: KeysCollection, target_size: int, slice_axis: int | None = None,
-                 mode: Sequence[str] | str = "bilinear", anti_aliasing: Sequence[bool] | bool = True,
-                 allow_missing_keys: bool = False) -> None:
+    def __init__(
+        self,
+        keys: KeysCollection,
+        target_size: int,
+        slice_axis: int | None = None,
+        mode: Sequence[str] | str = "bilinear",
+        anti_aliasing: Sequence[bool] | bool = True,
+        allow_missing_keys: bool = False,
+    ) -> None:
         super().__init__(keys, allow_missing_keys)
         self.mode = ensure_tuple_rep(mode, len(self.keys))
         self.anti_aliasing = ensure_tuple_rep(anti_aliasing, len(self.keys))
@@ -203,8 +264,15 @@ class SAMPreprocessd(_ComposedMapd):
         allow_missing_keys: don't raise for missing keys. Default ``False``.
     """
 
-    def __init__(self, keys: KeysCollection, label_keys: KeysCollection = (), backbone: str | BackboneSpec = "lite_medsam",
-                 slice_axis: int | None = None, image_size: int | None = None, allow_missing_keys: bool = False) -> None:
+    def __init__(
+        self,
+        keys: KeysCollection,
+        label_keys: KeysCollection = (),
+        backbone: str | BackboneSpec = "lite_medsam",
+        slice_axis: int | None = None,
+        image_size: int | None = None,
+        allow_missing_keys: bool = False,
+    ) -> None:
         spec = get_spec(backbone)
         size = int(image_size or spec.image_size)
         keys, label_keys = list(ensure_tuple(keys)), list(ensure_tuple(label_keys))
@@ -214,11 +282,19 @@ class SAMPreprocessd(_ComposedMapd):
         mk = allow_missing_keys
         steps: list = [
             EnsureThreeChannelsd(keys, allow_missing_keys=mk),
-            SAMResizeLongestd(allk, size, slice_axis, mode=["bilinear"] * len(keys) + ["nearest-exact"] * len(label_keys),
-                              anti_aliasing=[True] * len(keys) + [False] * len(label_keys), allow_missing_keys=mk),
+            SAMResizeLongestd(
+                allk,
+                size,
+                slice_axis,
+                mode=["bilinear"] * len(keys) + ["nearest-exact"] * len(label_keys),
+                anti_aliasing=[True] * len(keys) + [False] * len(label_keys),
+                allow_missing_keys=mk,
+            ),
         ]
-        steps += [getattr(monai.transforms, name + "d")(keys, **kw, allow_missing_keys=mk)
-                  for name, kw in spec.intensity_steps()]
+        steps += [
+            getattr(monai.transforms, name + "d")(keys, **kw, allow_missing_keys=mk)
+            for name, kw in spec.intensity_steps()
+        ]
         steps.append(SpatialPadd(allk, _pad_size(size, slice_axis), method="end", allow_missing_keys=mk))
         super().__init__(allk, steps, allow_missing_keys)
         self.spec, self.image_size, self.slice_axis = spec, size, slice_axis
@@ -239,18 +315,31 @@ class PILReader2D(PILReader):
 class LoadMedicalImaged(LoadImaged):
     """MONAI's ``LoadImaged`` for the formats we support, with errors that name the file and what is wrong.
 
-    2D files (png, jpg, bmp, tif) load as ``(C, H, W)``: rows first, as the image is seen and as SAM was trained (MONAI's
+    2D files (png, jpg, bmp, tif) load as ``(C, H, W)``: rows first, as the image is seen and as SAM was trained
+    (MONAI's
     default PIL reader swaps the axes); write such masks with :class:`monai_sam_adapt.io.PILMaskWriter`.
     3D: NIfTI (nibabel), NRRD (pynrrd), a DICOM series folder or file (pydicom). ``ensure_channel_first`` defaults to
     ``True``. A missing file, an unreadable or corrupt file, or a corrupt slice of a DICOM series raises
     :class:`InputError` naming it.
     """
 
-    def __init__(self, keys: KeysCollection, reader=None, ensure_channel_first: bool = True,
-                 allow_missing_keys: bool = False, **kwargs) -> None:
+    def __init__(
+        self,
+        keys: KeysCollection,
+        reader=None,
+        ensure_channel_first: bool = True,
+        allow_missing_keys: bool = False,
+        **kwargs,
+    ) -> None:
         # image_only: geometry and file name travel in the MetaTensor's .meta / .affine
-        super().__init__(keys, reader=reader, ensure_channel_first=ensure_channel_first, image_only=True,
-                         allow_missing_keys=allow_missing_keys, **kwargs)
+        super().__init__(
+            keys,
+            reader=reader,
+            ensure_channel_first=ensure_channel_first,
+            image_only=True,
+            allow_missing_keys=allow_missing_keys,
+            **kwargs,
+        )
         if reader is None:
             # the same readers whatever else is installed: MONAI prefers ITK when it is there (MONAI Label brings it),
             # and ITK reads a DICOM series differently and passes over a truncated slice
@@ -299,8 +388,9 @@ class CheckImageLabeld(MapTransform):
         allow_missing_keys: pass items without a label. Default ``True``.
     """
 
-    def __init__(self, keys: KeysCollection = ("image", "label"), atol: float = 1e-3,
-                 allow_missing_keys: bool = True) -> None:
+    def __init__(
+        self, keys: KeysCollection = ("image", "label"), atol: float = 1e-3, allow_missing_keys: bool = True
+    ) -> None:
         super().__init__(keys, allow_missing_keys)
         if len(self.keys) != 2:
             raise ValueError(f"keys must be (image_key, label_key), got {self.keys}.")
@@ -315,13 +405,23 @@ class CheckImageLabeld(MapTransform):
             raise KeyError(f"CheckImageLabeld needs both {ik!r} and {lk!r}.")
         img, lab = d[ik], d[lk]
         if tuple(img.shape[1:]) != tuple(lab.shape[1:]):
-            raise InputError(f"label {_source(d, lk)!r} has spatial shape {tuple(lab.shape[1:])} but image "
-                             f"{_source(d, ik)!r} has {tuple(img.shape[1:])}: they are not on the same grid.")
+            raise InputError(
+                f"label {_source(d, lk)!r} has spatial shape {tuple(lab.shape[1:])} but image "
+                f"{_source(d, ik)!r} has {tuple(img.shape[1:])}: they are not on the same grid."
+            )
         a, b = getattr(img, "affine", None), getattr(lab, "affine", None)
-        if a is not None and b is not None and len(img.shape) > 3 and not torch.allclose(
-                torch.as_tensor(a, dtype=torch.float64), torch.as_tensor(b, dtype=torch.float64), atol=self.atol):
-            raise InputError(f"label {_source(d, lk)!r} and image {_source(d, ik)!r} have different affines "
-                             f"(voxel-to-world geometry):\n{np.asarray(b)}\nvs\n{np.asarray(a)}")
+        if (
+            a is not None
+            and b is not None
+            and len(img.shape) > 3
+            and not torch.allclose(
+                torch.as_tensor(a, dtype=torch.float64), torch.as_tensor(b, dtype=torch.float64), atol=self.atol
+            )
+        ):
+            raise InputError(
+                f"label {_source(d, lk)!r} and image {_source(d, ik)!r} have different affines "
+                f"(voxel-to-world geometry):\n{np.asarray(b)}\nvs\n{np.asarray(a)}"
+            )
         return d
 
 
@@ -341,17 +441,37 @@ class RandSliced(_ComposedMapd):
         allow_missing_keys: don't raise for missing keys. Default ``False``.
     """
 
-    def __init__(self, keys: KeysCollection, label_key: str = "label", axis: int = 2, num_samples: int = 4,
-                 pos: float = 1.0, neg: float = 1.0, allow_missing_keys: bool = False) -> None:
+    def __init__(
+        self,
+        keys: KeysCollection,
+        label_key: str = "label",
+        axis: int = 2,
+        num_samples: int = 4,
+        pos: float = 1.0,
+        neg: float = 1.0,
+        allow_missing_keys: bool = False,
+    ) -> None:
         if axis not in (0, 1, 2):
             raise ValueError(f"axis must be 0, 1 or 2, got {axis}.")
         roi = [-1, -1, -1]
         roi[axis] = 1
-        super().__init__(keys, [
-            RandCropByPosNegLabeld(keys, label_key=label_key, spatial_size=roi, pos=pos, neg=neg,
-                                   num_samples=num_samples, allow_smaller=True, allow_missing_keys=allow_missing_keys),
-            SqueezeDimd(keys, dim=axis + 1, allow_missing_keys=allow_missing_keys),
-        ], allow_missing_keys)
+        super().__init__(
+            keys,
+            [
+                RandCropByPosNegLabeld(
+                    keys,
+                    label_key=label_key,
+                    spatial_size=roi,
+                    pos=pos,
+                    neg=neg,
+                    num_samples=num_samples,
+                    allow_smaller=True,
+                    allow_missing_keys=allow_missing_keys,
+                ),
+                SqueezeDimd(keys, dim=axis + 1, allow_missing_keys=allow_missing_keys),
+            ],
+            allow_missing_keys,
+        )
 
 
 CTWindowD = CTWindowDict = CTWindowd

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from monai.bundle import ConfigWorkflow
-
+from monai_sam_adapt.bundle import bundle_workflow
 from monai_sam_adapt.sam import TINY_ARCH
 
 REPO = Path(__file__).resolve().parents[2]
@@ -14,15 +13,15 @@ REPO = Path(__file__).resolve().parents[2]
 def tiny_network_override(target: str, backbone: str = "vit_b", **extra) -> dict:
     """Replace a bundle's network by the same class on a tiny untrained SAM (milliseconds, no weights)."""
     arch = {k: list(v) if isinstance(v, tuple) else v for k, v in TINY_ARCH[backbone].items()}
-    return {"network_def": {"_target_": target, "backbone": backbone, "checkpoint": None, **arch, **extra},
-            "backbone": backbone, "image_size": TINY_ARCH[backbone].get("image_size", 256)}
+    return {
+        "network_def": {"_target_": target, "backbone": backbone, "checkpoint": None, **arch, **extra},
+        "backbone": backbone,
+        "image_size": TINY_ARCH[backbone].get("image_size", 256),
+    }
 
 
 def run_workflow(bundle: str, config: str, **override):
-    cfg = REPO / "bundles" / bundle / "configs"
-    wf = ConfigWorkflow(config_file=str(cfg / config), meta_file=str(cfg / "metadata.json"),
-                        logging_file=str(cfg / "logging.conf"), workflow_type=None,
-                        **{"bundle_root": str(REPO / "bundles" / bundle), **override})
+    wf = bundle_workflow(REPO / "bundles" / bundle, config, **override)
     wf.initialize()
     try:
         wf.run()

@@ -24,9 +24,16 @@ def test_train_evaluate_infer_tiny(polyp_folder, tmp_path):
     datalist = write_datalist(kvasir_datalist(polyp_folder), tmp_path / "dl.json")
     run_dir, models = tmp_path / "run", tmp_path / "models"
     common = dict(dataset_dir=str(polyp_folder), datalist=str(datalist), num_workers=0)
-    run_workflow(BUNDLE, "train.json", output_dir=str(run_dir), ckpt_dir=str(models), max_epochs=2,
-                 cache_dir=str(tmp_path / "cache"), **common,
-                 **tiny(output="both", cache=str(tmp_path / "cache")))
+    run_workflow(
+        BUNDLE,
+        "train.json",
+        output_dir=str(run_dir),
+        ckpt_dir=str(models),
+        max_epochs=2,
+        cache_dir=str(tmp_path / "cache"),
+        **common,
+        **tiny(output="both", cache=str(tmp_path / "cache")),
+    )
     model = models / "model.pt"
     assert model.exists() and model.stat().st_size < 5_000_000
     sd = torch.load(model, weights_only=True)
@@ -36,8 +43,16 @@ def test_train_evaluate_infer_tiny(polyp_folder, tmp_path):
     assert len(list((tmp_path / "cache").glob("*.safetensors"))) == 4  # 3 training + 1 validation images, once
 
     # resume one more epoch from the saved trainer state
-    run_workflow(BUNDLE, "train.json", output_dir=str(run_dir), ckpt_dir=str(models), max_epochs=3,
-                 resume_from=str(next((run_dir / "checkpoints").glob("*.pt"))), **common, **tiny(output="both"))
+    run_workflow(
+        BUNDLE,
+        "train.json",
+        output_dir=str(run_dir),
+        ckpt_dir=str(models),
+        max_epochs=3,
+        resume_from=str(next((run_dir / "checkpoints").glob("*.pt"))),
+        **common,
+        **tiny(output="both"),
+    )
     assert list((run_dir / "checkpoints").glob("checkpoint_epoch=3.pt"))
 
     ev = tmp_path / "eval"
@@ -53,8 +68,14 @@ def test_train_evaluate_infer_tiny(polyp_folder, tmp_path):
     images_only = write_datalist(dl, tmp_path / "images_only.json")
     for output in ("sam", "h"):
         pred = tmp_path / f"pred_{output}"
-        run_workflow(BUNDLE, "inference.json", output_dir=str(pred), model_path=str(model),
-                     **{**common, "datalist": str(images_only)}, **tiny(output=output))
+        run_workflow(
+            BUNDLE,
+            "inference.json",
+            output_dir=str(pred),
+            model_path=str(model),
+            **{**common, "datalist": str(images_only)},
+            **tiny(output=output),
+        )
         for name in ("case4", "case5"):
             mask = np.asarray(Image.open(pred / f"{name}.png"))
             src = Image.open(polyp_folder / "images" / f"{name}.png")
@@ -68,8 +89,16 @@ def test_refuses_weights_of_another_backbone(polyp_folder, tmp_path):
     torch.save(AutoSAM(tiny_backbone("lite_medsam")).state_dict(), tmp_path / "model.pt")
     datalist = write_datalist(kvasir_datalist(polyp_folder), tmp_path / "dl.json")
     with pytest.raises(Exception) as e:
-        run_workflow(BUNDLE, "evaluate.json", dataset_dir=str(polyp_folder), datalist=str(datalist), num_workers=0,
-                     output_dir=str(tmp_path / "ev"), model_path=str(tmp_path / "model.pt"), **tiny(output="both"))
+        run_workflow(
+            BUNDLE,
+            "evaluate.json",
+            dataset_dir=str(polyp_folder),
+            datalist=str(datalist),
+            num_workers=0,
+            output_dir=str(tmp_path / "ev"),
+            model_path=str(tmp_path / "model.pt"),
+            **tiny(output="both"),
+        )
     assert "trained on backbone 'lite_medsam'" in chain(e.value)
 
 
@@ -78,15 +107,39 @@ def test_ddp_two_cpu_processes(polyp_folder, tmp_path):
     dl = kvasir_datalist(polyp_folder)
     dl["validation"].append(dl["training"].pop())  # each rank validates at least one image
     datalist = write_datalist(dl, tmp_path / "dl.json")
-    args = {"dataset_dir": str(polyp_folder), "datalist": str(datalist), "num_workers": 0, "max_epochs": 2,
-            "batch_size": 1, "output_dir": str(tmp_path / "run"), "ckpt_dir": str(tmp_path / "models"),
-            "cache_dir": str(tmp_path / "cache"), **tiny(output="both", cache=str(tmp_path / "cache"))}
+    args = {
+        "dataset_dir": str(polyp_folder),
+        "datalist": str(datalist),
+        "num_workers": 0,
+        "max_epochs": 2,
+        "batch_size": 1,
+        "output_dir": str(tmp_path / "run"),
+        "ckpt_dir": str(tmp_path / "models"),
+        "cache_dir": str(tmp_path / "cache"),
+        **tiny(output="both", cache=str(tmp_path / "cache")),
+    }
     (tmp_path / "args.json").write_text(json.dumps(args))
     cfg = f"bundles/{BUNDLE}/configs"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port",
-           str(29500 + os.getpid() % 1000), "-m", "monai.bundle", "run", "training", "--config_file",
-           f"['{cfg}/train.json','{cfg}/multi_gpu_train.json']", "--meta_file", f"{cfg}/metadata.json",
-           "--logging_file", f"{cfg}/logging.conf", "--args_file", str(tmp_path / "args.json")]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node=2",
+        "--master_port",
+        str(29500 + os.getpid() % 1000),
+        "-m",
+        "monai.bundle",
+        "run",
+        "training",
+        "--config_file",
+        f"['{cfg}/train.json','bundles/common/configs/multi_gpu_train.json']",
+        "--meta_file",
+        f"{cfg}/metadata.json",
+        "--logging_file",
+        f"{cfg}/logging.conf",
+        "--args_file",
+        str(tmp_path / "args.json"),
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     res = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600, env=env)
     assert res.returncode == 0, res.stderr[-4000:]

@@ -19,8 +19,15 @@ TINY = tiny_network_override("monai_sam_adapt.networks.PromptedSAM")
 def test_evaluate_and_inference_tiny(polyp_folder, tmp_path):
     datalist = write_datalist(kvasir_datalist(polyp_folder), tmp_path / "dl.json")
     out = tmp_path / "eval"
-    run_workflow(BUNDLE, "evaluate.json", dataset_dir=str(polyp_folder), datalist=str(datalist),
-                 output_dir=str(out), num_workers=0, **TINY)
+    run_workflow(
+        BUNDLE,
+        "evaluate.json",
+        dataset_dir=str(polyp_folder),
+        datalist=str(datalist),
+        output_dir=str(out),
+        num_workers=0,
+        **TINY,
+    )
     metrics = read_metrics(out / "metrics.csv")
     assert set(metrics) == {"val_mean_dice", "val_mean_iou", "val_hd95"}
     assert 0.0 <= metrics["val_mean_dice"] <= 1.0
@@ -29,8 +36,15 @@ def test_evaluate_and_inference_tiny(polyp_folder, tmp_path):
     assert (out / "val_mean_dice_distribution.png").exists()
 
     pred = tmp_path / "pred"
-    run_workflow(BUNDLE, "inference.json", dataset_dir=str(polyp_folder), datalist=str(datalist),
-                 output_dir=str(pred), num_workers=0, **TINY)
+    run_workflow(
+        BUNDLE,
+        "inference.json",
+        dataset_dir=str(polyp_folder),
+        datalist=str(datalist),
+        output_dir=str(pred),
+        num_workers=0,
+        **TINY,
+    )
     for name in ("case4", "case5"):
         mask = np.asarray(Image.open(pred / f"{name}.png"))
         src = Image.open(polyp_folder / "images" / f"{name}.png")
@@ -45,8 +59,15 @@ def test_bad_inputs_fail_before_writing(polyp_folder, tmp_path):
     datalist = write_datalist(dl, tmp_path / "dl.json")
     out = tmp_path / "pred"
     with pytest.raises(Exception) as e:
-        run_workflow(BUNDLE, "inference.json", dataset_dir=str(polyp_folder), datalist=str(datalist),
-                     output_dir=str(out), num_workers=0, **TINY)
+        run_workflow(
+            BUNDLE,
+            "inference.json",
+            dataset_dir=str(polyp_folder),
+            datalist=str(datalist),
+            output_dir=str(out),
+            num_workers=0,
+            **TINY,
+        )
     assert "missing.png" in chain(e.value) and "does not exist" in chain(e.value)
     assert not out.exists() or not any(out.iterdir())
     # a label that is not on the image's grid
@@ -54,8 +75,15 @@ def test_bad_inputs_fail_before_writing(polyp_folder, tmp_path):
     Image.fromarray(np.zeros((10, 10), np.uint8)).save(bad)
     datalist = write_datalist(kvasir_datalist(polyp_folder), tmp_path / "dl2.json")
     with pytest.raises(Exception) as e:
-        run_workflow(BUNDLE, "inference.json", dataset_dir=str(polyp_folder), datalist=str(datalist),
-                     output_dir=str(out), num_workers=0, **TINY)
+        run_workflow(
+            BUNDLE,
+            "inference.json",
+            dataset_dir=str(polyp_folder),
+            datalist=str(datalist),
+            output_dir=str(out),
+            num_workers=0,
+            **TINY,
+        )
     assert "case4.png" in chain(e.value) and "not on the same grid" in chain(e.value)
 
 
@@ -66,8 +94,20 @@ def test_real_lite_medsam_on_kvasir_test_images(tmp_path):
     dl = kvasir_datalist(root)
     dl["testing"] = dl["testing"][:4]
     datalist = write_datalist(dl, tmp_path / "dl.json")
-    cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", f"bundles/{BUNDLE}/configs/evaluate.json",
-           "--dataset_dir", str(root), "--datalist", str(datalist), "--output_dir", str(tmp_path / "eval")]
+    cmd = [
+        sys.executable,
+        "-m",
+        "monai.bundle",
+        "run",
+        "--config_file",
+        f"bundles/{BUNDLE}/configs/evaluate.json",
+        "--dataset_dir",
+        str(root),
+        "--datalist",
+        str(datalist),
+        "--output_dir",
+        str(tmp_path / "eval"),
+    ]
     res = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr[-3000:]
     metrics = read_metrics(tmp_path / "eval" / "metrics.csv")

@@ -8,16 +8,29 @@ import sys
 
 import pytest
 
+from monai_sam_adapt.bundle import check_bundle, find_bundles
 from tests.bundles.helpers import REPO
 
-BUNDLES = sorted(p.name for p in (REPO / "bundles").iterdir() if (p / "configs" / "metadata.json").exists())
+BUNDLES = sorted(find_bundles(REPO / "bundles"))
 TRAINED = [b for b in BUNDLES if (REPO / "bundles" / b / "configs" / "train.json").exists()]
 
 
 def verify(meta: str):
-    return subprocess.run([sys.executable, "-m", "monai.bundle", "verify_metadata", "--meta_file", meta,
-                           "--filepath", str(REPO / "bundles" / "schema" / "meta_schema.json")],
-                          cwd=REPO, capture_output=True, text=True)
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "monai.bundle",
+            "verify_metadata",
+            "--meta_file",
+            meta,
+            "--filepath",
+            str(REPO / "bundles" / "schema" / "meta_schema.json"),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    )
 
 
 def test_there_are_bundles():
@@ -27,13 +40,19 @@ def test_there_are_bundles():
 @pytest.mark.parametrize("bundle", BUNDLES)
 def test_layout_and_metadata(bundle):
     root = REPO / "bundles" / bundle
-    for f in ("configs/metadata.json", "configs/inference.json", "configs/evaluate.json", "configs/logging.conf",
-              "docs/README.md", "LICENSE"):
+    for f in (
+        "configs/metadata.json",
+        "configs/inference.json",
+        "configs/evaluate.json",
+        "configs/logging.conf",
+        "docs/README.md",
+        "LICENSE",
+    ):
         assert (root / f).is_file(), f"{bundle} lacks {f}"
+    if bundle in TRAINED or (root / "models" / "model.pt").exists():  # a model to measure has its evaluate.json
+        assert (root / "configs" / "evaluate.json").is_file(), f"{bundle} lacks configs/evaluate.json"
     if bundle in TRAINED:
-        assert (root / "configs" / "multi_gpu_train.json").is_file()
-        train = json.loads((root / "configs" / "train.json").read_text())
-        assert "training" in train and "run" in train and "initialize" in train  # both run forms
+        assert (REPO / "bundles" / "common" / "configs" / "multi_gpu_train.json").is_file()
     res = verify(f"bundles/{bundle}/configs/metadata.json")
     assert res.returncode == 0 and "metadata is verified with no error" in res.stdout + res.stderr, res.stderr
 
@@ -44,3 +63,25 @@ def test_bad_metadata_is_refused(tmp_path):
     (tmp_path / "metadata.json").write_text(json.dumps(meta))
     res = verify(str(tmp_path / "metadata.json"))
     assert res.returncode != 0 and "channel_def" in res.stderr
+
+
+@pytest.mark.parametrize("bundle", BUNDLES)
+def test_bundle_keeps_the_serving_contract(bundle):
+    """Every key serving and training rely on (monai_sam_adapt.bundle.INFER_KEYS / TRAIN_KEYS) is defined, after the
+    bundle's macros into bundles/common are resolved, read from outside the repository."""
+    assert check_bundle(REPO / "bundles" / bundle) == []
+
+
+def test_contract_check_names_a_missing_key(tmp_path):
+    import shutil
+
+    root = tmp_path / "bundles"
+    shutil.copytree(REPO / "bundles" / "ssam_glas" / "configs", root / "ssam_glas" / "configs")
+    shutil.copytree(REPO / "bundles" / "common", root / "common")
+    cfg = root / "ssam_glas" / "configs" / "inference.json"
+    config = json.loads(cfg.read_text())
+    config["inputs"] = config.pop("data")  # a rename the server would not know about
+    cfg.write_text(json.dumps(config))
+    problems = check_bundle(root / "ssam_glas")
+    assert len(problems) == 1 and "configs/inference.json has no 'data'" in problems[0]
+    assert check_bundle(REPO / "bundles" / "ssam_glas") == []

@@ -11,15 +11,14 @@ import pytest
 import torch
 from monai.bundle import ConfigParser
 
+from monai_sam_adapt.bundle import config_parser, find_bundles
 from tests.bundles.helpers import REPO
 
-TRAINED = sorted(p.parent.parent.name for p in (REPO / "bundles").glob("*/configs/train.json"))
+TRAINED = sorted(n for n, p in find_bundles(REPO / "bundles").items() if (p / "configs" / "train.json").is_file())
 
 
 def train_config(bundle: str) -> ConfigParser:
-    parser = ConfigParser()
-    parser.read_config(str(REPO / "bundles" / bundle / "configs" / "train.json"))
-    return parser
+    return config_parser(REPO / "bundles" / bundle, "train.json")
 
 
 def bundle_loss(bundle: str, k: int) -> torch.nn.Module:
@@ -36,9 +35,9 @@ def labels(k: int, absent: bool = False) -> torch.Tensor:
     y = torch.zeros(2, k, 32, 32)
     for c in range(k):
         x0, y0 = torch.randint(0, 24, (2,), generator=g).tolist()
-        y[0, c, y0:y0 + 6, x0:x0 + 6] = 1
+        y[0, c, y0 : y0 + 6, x0 : x0 + 6] = 1
         if not absent or c % 2 == 0:
-            y[1, c, x0:x0 + 4, y0:y0 + 4] = 1
+            y[1, c, x0 : x0 + 4, y0 : y0 + 4] = 1
     return y
 
 
@@ -55,7 +54,7 @@ def test_loss_is_per_label(bundle):
     x = torch.randn(2, k, 32, 32, generator=torch.Generator().manual_seed(1)) * 4
     whole = loss(x, y)
     one = bundle_loss(bundle, 1)
-    per_label = torch.stack([one(x[:, c:c + 1], y[:, c:c + 1]) for c in range(k)]).mean()
+    per_label = torch.stack([one(x[:, c : c + 1], y[:, c : c + 1]) for c in range(k)]).mean()
     assert torch.allclose(whole, per_label, atol=1e-5), f"{bundle}: {whole.item()} vs {per_label.item()}"
 
 

@@ -22,7 +22,7 @@ def synthetic_brats(root, rng):
     """BRATS folders ``{train,validation,test}/<case>/`` with z-scored FLAIR, T1c and nested tumour labels 1-4."""
     shape = (32, 30, 5)
     z, y, x = np.meshgrid(*[np.linspace(-1, 1, s) for s in shape], indexing="ij")
-    r = np.sqrt(z ** 2 + y ** 2)
+    r = np.sqrt(z**2 + y**2)
     lab = np.select([r < 0.15, r < 0.3, r < 0.45, r < 0.7], [1, 4, 3, 2], 0).astype(np.uint8)
     for split, n in (("train", 2), ("validation", 1), ("test", 1)):
         for i in range(n):
@@ -40,8 +40,17 @@ def test_train_evaluate_infer_synthetic(tmp_path, rng):
     root = synthetic_brats(tmp_path / "brats", rng)
     common = dict(dataset_dir=str(root), num_workers=0)
     models = tmp_path / "models"
-    run_workflow(BUNDLE, "train.json", output_dir=str(tmp_path / "run"), ckpt_dir=str(models), max_epochs=2,
-                 val_interval=1, slices_per_volume=2, **common, **tiny())
+    run_workflow(
+        BUNDLE,
+        "train.json",
+        output_dir=str(tmp_path / "run"),
+        ckpt_dir=str(models),
+        max_epochs=2,
+        val_interval=1,
+        slices_per_volume=2,
+        **common,
+        **tiny(),
+    )
     model = models / "model.pt"
     assert torch.load(model, weights_only=True)["_extra_state"]["labels"] == NAMES
     ev = tmp_path / "eval"
@@ -67,11 +76,20 @@ def test_real_brats_geometry(tmp_path):
     root = data_path("brats2015")
     dl = brats_datalist(root)
     dl["testing"] = dl["testing"][:1]
-    torch.save(SSAM("vit_b", checkpoint=None, label_names=NAMES, **TINY_ARCH["vit_b"]).state_dict(),
-               tmp_path / "model.pt")
+    torch.save(
+        SSAM("vit_b", checkpoint=None, label_names=NAMES, **TINY_ARCH["vit_b"]).state_dict(), tmp_path / "model.pt"
+    )
     pred = tmp_path / "pred"
-    run_workflow(BUNDLE, "inference.json", output_dir=str(pred), model_path=str(tmp_path / "model.pt"),
-                 dataset_dir=str(root), datalist=dl, num_workers=0, **tiny())
+    run_workflow(
+        BUNDLE,
+        "inference.json",
+        output_dir=str(pred),
+        model_path=str(tmp_path / "model.pt"),
+        dataset_dir=str(root),
+        datalist=dl,
+        num_workers=0,
+        **tiny(),
+    )
     case = dl["testing"][0]["image"][0]  # test/<case>/Flair_....nii.gz
     out = nib.load(str(pred / case.replace(".nii.gz", "_seg.nii.gz")))
     src = nib.load(str(root / case))

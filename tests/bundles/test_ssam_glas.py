@@ -28,8 +28,16 @@ def test_train_evaluate_infer_tiny(polyp_folder, tmp_path, method):
     datalist = write_datalist(kvasir_datalist(polyp_folder), tmp_path / "dl.json")
     run_dir, models = tmp_path / "run", tmp_path / "models"
     common = dict(dataset_dir=str(polyp_folder), datalist=str(datalist), num_workers=0)
-    run_workflow(BUNDLE, "train.json", output_dir=str(run_dir), ckpt_dir=str(models), max_epochs=2, val_interval=1,
-                 **common, **tiny(method))
+    run_workflow(
+        BUNDLE,
+        "train.json",
+        output_dir=str(run_dir),
+        ckpt_dir=str(models),
+        max_epochs=2,
+        val_interval=1,
+        **common,
+        **tiny(method),
+    )
     model = models / "model.pt"
     sd = torch.load(model, weights_only=True)
     extra = sd.pop("_extra_state")
@@ -39,8 +47,17 @@ def test_train_evaluate_infer_tiny(polyp_folder, tmp_path, method):
     assert expected <= names and not {"U", "S", "Vh", "W"} & names  # trained tensors only
     assert list((run_dir / "checkpoints").glob("checkpoint_epoch=2.pt")), "resumable checkpoint per epoch"
     assert list(run_dir.glob("events.out.tfevents.*")), "TensorBoard logs"
-    run_workflow(BUNDLE, "train.json", output_dir=str(run_dir), ckpt_dir=str(models), max_epochs=3, val_interval=1,
-                 resume_from=str(next((run_dir / "checkpoints").glob("*.pt"))), **common, **tiny(method))
+    run_workflow(
+        BUNDLE,
+        "train.json",
+        output_dir=str(run_dir),
+        ckpt_dir=str(models),
+        max_epochs=3,
+        val_interval=1,
+        resume_from=str(next((run_dir / "checkpoints").glob("*.pt"))),
+        **common,
+        **tiny(method),
+    )
     assert list((run_dir / "checkpoints").glob("checkpoint_epoch=3.pt"))
 
     ev = tmp_path / "eval"
@@ -53,8 +70,14 @@ def test_train_evaluate_infer_tiny(polyp_folder, tmp_path, method):
         e.pop("label")
     images_only = write_datalist(dl, tmp_path / "images_only.json")
     pred = tmp_path / "pred"
-    run_workflow(BUNDLE, "inference.json", output_dir=str(pred), model_path=str(model),
-                 **{**common, "datalist": str(images_only)}, **tiny(method))
+    run_workflow(
+        BUNDLE,
+        "inference.json",
+        output_dir=str(pred),
+        model_path=str(model),
+        **{**common, "datalist": str(images_only)},
+        **tiny(method),
+    )
     for name in ("case4", "case5"):
         mask = np.asarray(Image.open(pred / f"{name}.png"))
         src = Image.open(polyp_folder / "images" / f"{name}.png")
@@ -63,8 +86,9 @@ def test_train_evaluate_infer_tiny(polyp_folder, tmp_path, method):
     # weights of one adaptation are refused by the other, with the reason
     other = "lora" if method == "svd" else "svd"
     with pytest.raises(Exception) as e:
-        run_workflow(BUNDLE, "evaluate.json", output_dir=str(tmp_path / "ev2"), model_path=str(model), **common,
-                     **tiny(other))
+        run_workflow(
+            BUNDLE, "evaluate.json", output_dir=str(tmp_path / "ev2"), model_path=str(model), **common, **tiny(other)
+        )
     assert "Differs: adaptation" in chain(e.value)
 
 
@@ -72,17 +96,42 @@ def test_ddp_two_cpu_processes(polyp_folder, tmp_path):
     dl = kvasir_datalist(polyp_folder)
     dl["validation"].append(dl["training"].pop())
     datalist = write_datalist(dl, tmp_path / "dl.json")
-    args = {"dataset_dir": str(polyp_folder), "datalist": str(datalist), "num_workers": 0, "max_epochs": 2,
-            "val_interval": 1, "batch_size": 1, "output_dir": str(tmp_path / "run"),
-            "ckpt_dir": str(tmp_path / "models"), **tiny()}
+    args = {
+        "dataset_dir": str(polyp_folder),
+        "datalist": str(datalist),
+        "num_workers": 0,
+        "max_epochs": 2,
+        "val_interval": 1,
+        "batch_size": 1,
+        "output_dir": str(tmp_path / "run"),
+        "ckpt_dir": str(tmp_path / "models"),
+        **tiny(),
+    }
     (tmp_path / "args.json").write_text(json.dumps(args))
     cfg = f"bundles/{BUNDLE}/configs"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port",
-           str(29500 + (os.getpid() + 7) % 1000), "-m", "monai.bundle", "run", "training", "--config_file",
-           f"['{cfg}/train.json','{cfg}/multi_gpu_train.json']", "--meta_file", f"{cfg}/metadata.json",
-           "--logging_file", f"{cfg}/logging.conf", "--args_file", str(tmp_path / "args.json")]
-    res = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600,
-                         env={**os.environ, "OMP_NUM_THREADS": "1"})
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node=2",
+        "--master_port",
+        str(29500 + (os.getpid() + 7) % 1000),
+        "-m",
+        "monai.bundle",
+        "run",
+        "training",
+        "--config_file",
+        f"['{cfg}/train.json','bundles/common/configs/multi_gpu_train.json']",
+        "--meta_file",
+        f"{cfg}/metadata.json",
+        "--logging_file",
+        f"{cfg}/logging.conf",
+        "--args_file",
+        str(tmp_path / "args.json"),
+    ]
+    res = subprocess.run(
+        cmd, cwd=REPO, capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"}
+    )
     assert res.returncode == 0, res.stderr[-4000:]
     sd = torch.load(tmp_path / "models" / "model.pt", weights_only=True)
     assert not [k for k in sd if k.startswith("module.")], "DDP wrapper names must not leak into the adapter file"
@@ -95,13 +144,27 @@ def test_clip_text_encoder_through_the_config(polyp_folder, tmp_path, tiny_clip)
     datalist = write_datalist(kvasir_datalist(polyp_folder), tmp_path / "dl.json")
     text = {"checkpoint": str(ckpt), "model_config": str(cfg)}
     common = dict(dataset_dir=str(polyp_folder), datalist=str(datalist), num_workers=0)
-    run_workflow(BUNDLE, "train.json", output_dir=str(tmp_path / "run"), ckpt_dir=str(tmp_path / "models"),
-                 max_epochs=1, val_interval=1, **common, **tiny(text_encoder=text))
+    run_workflow(
+        BUNDLE,
+        "train.json",
+        output_dir=str(tmp_path / "run"),
+        ckpt_dir=str(tmp_path / "models"),
+        max_epochs=1,
+        val_interval=1,
+        **common,
+        **tiny(text_encoder=text),
+    )
     sd = torch.load(tmp_path / "models" / "model.pt", weights_only=True)
     assert sd["_extra_state"]["text_encoder"]["text_encoder"] == "open_clip" and sd["tal.proj.weight"].shape[1] == 16
     with pytest.raises(Exception) as e:  # the same weights with the offline encoder: refused, saying why
-        run_workflow(BUNDLE, "evaluate.json", output_dir=str(tmp_path / "ev"), model_path=str(tmp_path / "models" / "model.pt"),
-                     **common, **tiny())
+        run_workflow(
+            BUNDLE,
+            "evaluate.json",
+            output_dir=str(tmp_path / "ev"),
+            model_path=str(tmp_path / "models" / "model.pt"),
+            **common,
+            **tiny(),
+        )
     assert "Differs: text_encoder" in chain(e.value)
 
 
@@ -112,8 +175,9 @@ def test_committed_adapter_segments_real_glas_images(tmp_path):
     from tests.conftest import data_path
 
     root = data_path("glas")
-    dl = json.loads((REPO / "bundles" / BUNDLE / "configs" / "datalist.json").read_text())
+    dl = json.loads((REPO / "bundles" / "common" / "datalists" / "glas.json").read_text())
     dl["testing"] = dl["testing"][:2]
-    run_workflow(BUNDLE, "evaluate.json", dataset_dir=str(root), datalist=dl, num_workers=0,
-                 output_dir=str(tmp_path / "ev"))
+    run_workflow(
+        BUNDLE, "evaluate.json", dataset_dir=str(root), datalist=dl, num_workers=0, output_dir=str(tmp_path / "ev")
+    )
     assert read_metrics(tmp_path / "ev" / "metrics.csv")["val_mean_dice"] > 0.8

@@ -53,7 +53,8 @@ def real_ct_as_lits(root):
     src = data_path("ct_liver_dicom")
     keys = ["image", "label"]
     d = Compose([LoadMedicalImaged(keys), Orientationd(keys, axcodes="RAS")])(
-        {"image": str(src / "ct-3slice"), "label": str(src / "liver_seg.nrrd")})
+        {"image": str(src / "ct-3slice"), "label": str(src / "liver_seg.nrrd")}
+    )
     aff = d["image"].affine.numpy()
     root.mkdir(parents=True, exist_ok=True)
     nib.save(nib.Nifti1Image(d["image"][0].numpy().astype(np.int16), aff), root / "volume-0.nii.gz")
@@ -75,8 +76,17 @@ def test_train_evaluate_infer_synthetic(tmp_path, rng):
     dl = lits_datalist(root)
     assert len(dl["testing"]) == 1 and len(dl["validation"]) == 1 and len(dl["training"]) == 3
     models, common = tmp_path / "models", dict(dataset_dir=str(root), num_workers=0)
-    run_workflow(BUNDLE, "train.json", output_dir=str(tmp_path / "run"), ckpt_dir=str(models), max_epochs=2,
-                 val_interval=1, slices_per_volume=2, **common, **tiny())
+    run_workflow(
+        BUNDLE,
+        "train.json",
+        output_dir=str(tmp_path / "run"),
+        ckpt_dir=str(models),
+        max_epochs=2,
+        val_interval=1,
+        slices_per_volume=2,
+        **common,
+        **tiny(),
+    )
     model = models / "model.pt"
     assert torch.load(model, weights_only=True)["_extra_state"]["labels"] == ["liver", "tumor"]
     ev = tmp_path / "eval"
@@ -94,19 +104,45 @@ def test_users_command_on_real_ct_in_lits_layout(tmp_path, rng):
     synthetic_lits(root, rng, n=3)
     import json
 
-    args = {"output_dir": str(tmp_path / "run"), "ckpt_dir": str(tmp_path / "models"), "max_epochs": 1,
-            "val_interval": 1, "slices_per_volume": 2, "num_workers": 0, **tiny()}
+    args = {
+        "output_dir": str(tmp_path / "run"),
+        "ckpt_dir": str(tmp_path / "models"),
+        "max_epochs": 1,
+        "val_interval": 1,
+        "slices_per_volume": 2,
+        "num_workers": 0,
+        **tiny(),
+    }
     (tmp_path / "args.json").write_text(json.dumps(args))
-    cmd = [sys.executable, "-m", "monai.bundle", "run", "training", "--config_file",
-           f"bundles/{BUNDLE}/configs/train.json", "--dataset_dir", str(root), "--args_file", str(tmp_path / "args.json")]
+    cmd = [
+        sys.executable,
+        "-m",
+        "monai.bundle",
+        "run",
+        "training",
+        "--config_file",
+        f"bundles/{BUNDLE}/configs/train.json",
+        "--dataset_dir",
+        str(root),
+        "--args_file",
+        str(tmp_path / "args.json"),
+    ]
     res = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr[-4000:]
     model = tmp_path / "models" / "model.pt"
     assert model.exists()
     pred = tmp_path / "pred"
     dl = {"testing": [{"image": "volume-0.nii.gz"}]}
-    run_workflow(BUNDLE, "inference.json", output_dir=str(pred), model_path=str(model), dataset_dir=str(root),
-                 datalist=dl, num_workers=0, **tiny())
+    run_workflow(
+        BUNDLE,
+        "inference.json",
+        output_dir=str(pred),
+        model_path=str(model),
+        dataset_dir=str(root),
+        datalist=dl,
+        num_workers=0,
+        **tiny(),
+    )
     check_prediction(pred, root / "volume-0.nii.gz")
 
 

@@ -107,8 +107,13 @@ def test_load_datalist_from_dict_resolves_and_checks(tmp_path):
     (tmp_path / "b.nii.gz").write_bytes(b"x")
     dl = {"testing": [{"image": ["a.nii.gz", "b.nii.gz"], "label": "a.nii.gz", "case": "p1"}]}
     out = load_datalist(dl, tmp_path, "testing", required=["image", "label"])
-    assert out == [{"image": [str(tmp_path / "a.nii.gz"), str(tmp_path / "b.nii.gz")],
-                    "label": str(tmp_path / "a.nii.gz"), "case": "p1"}]
+    assert out == [
+        {
+            "image": [str(tmp_path / "a.nii.gz"), str(tmp_path / "b.nii.gz")],
+            "label": str(tmp_path / "a.nii.gz"),
+            "case": "p1",
+        }
+    ]
     with pytest.raises(InputError, match="has no 'training' list"):
         load_datalist(dl, tmp_path, "training")
     with pytest.raises(InputError, match="c.nii.gz' does not exist"):

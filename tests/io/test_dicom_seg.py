@@ -27,21 +27,26 @@ def test_real_ct_liver_label_round_trip(tmp_path):
     src = data_path("ct_liver_dicom")
     keys = ["image", "label"]
     d = Compose([LoadMedicalImaged(keys), Orientationd(keys, axcodes="RAS")])(
-        {"image": str(src / "ct-3slice"), "label": str(src / "liver_seg.nrrd")})
+        {"image": str(src / "ct-3slice"), "label": str(src / "liver_seg.nrrd")}
+    )
     out = write_dicom_seg(d["label"], src / "ct-3slice", tmp_path / "liver_seg.dcm", ["liver"])
     datasets = read_dicom_series(src / "ct-3slice")
     seg, frames = read_back(out, datasets)
     assert seg.Modality == "SEG" and seg.SegmentSequence[0].SegmentLabel == "liver"
-    assert {r.ReferencedSOPInstanceUID for s in seg.ReferencedSeriesSequence for r in s.ReferencedInstanceSequence} \
-        == {x.SOPInstanceUID for x in datasets}
+    assert {r.ReferencedSOPInstanceUID for s in seg.ReferencedSeriesSequence for r in s.ReferencedInstanceSequence} == {
+        x.SOPInstanceUID for x in datasets
+    }
     # independent reference: in PLS orientation an axial LPS series is [row, column, slice] of each instance
     ref = Compose([LoadMedicalImaged(keys), Orientationd(keys, axcodes="PLS")])(
-        {"image": str(src / "ct-3slice"), "label": str(src / "liver_seg.nrrd")})
+        {"image": str(src / "ct-3slice"), "label": str(src / "liver_seg.nrrd")}
+    )
     z = [float(x.ImagePositionPatient[2]) for x in datasets]
     order = np.argsort(z)  # PLS's last axis runs inferior -> superior
     expected = np.stack([ref["label"][0, :, :, k].numpy() for k in range(len(datasets))])[np.argsort(order)]
-    np.testing.assert_array_equal(ref["image"][0, :, :, 0].numpy(), datasets[int(np.argmin(z))].pixel_array
-                                  * float(datasets[0].RescaleSlope) + float(datasets[0].RescaleIntercept))
+    np.testing.assert_array_equal(
+        ref["image"][0, :, :, 0].numpy(),
+        datasets[int(np.argmin(z))].pixel_array * float(datasets[0].RescaleSlope) + float(datasets[0].RescaleIntercept),
+    )
     assert expected.sum() > 1000 and np.array_equal(frames, (expected > 0).astype(frames.dtype))
 
 
@@ -73,5 +78,6 @@ def test_multi_label_names_values_and_errors(tmp_path):
         write_dicom_seg(label, bad, tmp_path / "x.dcm", ["edema", "enhancing tumor"], [2, 4])
     # as a post-processing step named after the source
     d = SaveDicomSegd("pred", tmp_path / "out", ["edema", "enhancing tumor"], [2, 4])(
-        {"pred": label, "image": MetaTensor(torch.zeros(1), meta={"filename_or_obj": ds_path})})
+        {"pred": label, "image": MetaTensor(torch.zeros(1), meta={"filename_or_obj": ds_path})}
+    )
     assert (tmp_path / "out" / "CT_small_seg.dcm").exists() and "pred" in d

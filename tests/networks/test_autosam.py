@@ -12,8 +12,14 @@ ARCH = TINY_ARCH["vit_b"]
 
 def tiny(num_classes=1, prompt_encoder="head", output="sam", **kw):
     torch.manual_seed(0)
-    return AutoSAM("vit_b", checkpoint=None, num_classes=num_classes, prompt_encoder=prompt_encoder, output=output,
-                   **{**ARCH, **kw})
+    return AutoSAM(
+        "vit_b",
+        checkpoint=None,
+        num_classes=num_classes,
+        prompt_encoder=prompt_encoder,
+        output=output,
+        **{**ARCH, **kw},
+    )
 
 
 @pytest.mark.parametrize("prompt_encoder", ["head", "cnn"])
@@ -54,8 +60,12 @@ def test_gradients_reach_g_only_and_h_is_detached(prompt_encoder):
 
 
 def test_illegal_arguments():
-    for kw, msg in [(dict(num_classes=0), "num_classes"), (dict(prompt_encoder="hardnet"), "prompt_encoder"),
-                    (dict(output="mask"), "output"), (dict(output="h", surrogate=False), "surrogate")]:
+    for kw, msg in [
+        (dict(num_classes=0), "num_classes"),
+        (dict(prompt_encoder="hardnet"), "prompt_encoder"),
+        (dict(output="mask"), "output"),
+        (dict(output="h", surrogate=False), "surrogate"),
+    ]:
         with pytest.raises(ValueError, match=msg):
             AutoSAM("vit_b", checkpoint=None, **{**ARCH, **kw})
     with pytest.raises(ValueError, match="channels"):

@@ -11,7 +11,9 @@ from monai_sam_adapt.sam import tiny_backbone
 def test_boxes_and_points_batched_each_image_its_own_prompt(multimask):
     net = PromptedSAM(tiny_backbone("vit_b"), multimask_output=multimask).eval()
     x = torch.rand(2, 3, 64, 64)
-    boxes = torch.tensor([[[2.0, 2.0, 30.0, 30.0], [0.0, 0.0, 63.0, 63.0]], [[10.0, 5.0, 50.0, 60.0], [1.0, 1.0, 8.0, 8.0]]])
+    boxes = torch.tensor(
+        [[[2.0, 2.0, 30.0, 30.0], [0.0, 0.0, 63.0, 63.0]], [[10.0, 5.0, 50.0, 60.0], [1.0, 1.0, 8.0, 8.0]]]
+    )
     points = torch.tensor([[[[5.0, 5.0]], [[40.0, 40.0]]], [[[20.0, 20.0]], [[3.0, 3.0]]]])
     labels = torch.ones(2, 2, 1)
     with torch.no_grad():

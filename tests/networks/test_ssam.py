@@ -32,8 +32,11 @@ def test_identity_at_init_only_intended_parameters_train_merge(name):
     allowed = ("A", "B", "weight", "bias", "pos_embed", "attention_biases")
     for n in trainable:
         last = n.split(".")[-1]
-        assert n.startswith("tal.") or last in ("A", "B", "pos_embed", "attention_biases") or (
-            last in allowed and ("norm" in n or ".bn" in n or "neck.1" in n or "neck.3" in n)), n
+        assert (
+            n.startswith("tal.")
+            or last in ("A", "B", "pos_embed", "attention_biases")
+            or (last in allowed and ("norm" in n or ".bn" in n or "neck.1" in n or "neck.3" in n))
+        ), n
     assert not any(p.requires_grad for p in net.sam.mask_decoder.parameters())
     assert not any(p.requires_grad for p in net.sam.prompt_encoder.parameters())
     # a training step reaches the adapters and the Text Affine Layer, never the frozen decoder
@@ -46,7 +49,7 @@ def test_identity_at_init_only_intended_parameters_train_merge(name):
     if name == "lite_medsam":  # TinyViT's attention biases are cached in eval mode; training must still reach them
         assert any(p.grad is not None for n, p in net.named_parameters() if n.endswith("attention_biases"))
     with torch.no_grad():
-        for n, p in net.named_parameters():
+        for p in net.parameters():
             if p.requires_grad:
                 p.add_(0.01 * torch.randn_like(p))
     net.eval()
@@ -69,7 +72,9 @@ def test_labels_select_prompts_and_unknown_label_is_clear():
         both = net(x)
         tumor = net(x, labels=["tumor"])
     torch.testing.assert_close(tumor[:, 0], both[:, 1])
-    with pytest.raises(UnknownLabelError, match=r"unknown label name\(s\) \['kidney'\]; this model knows \['liver', 'tumor'\]"):
+    with pytest.raises(
+        UnknownLabelError, match=r"unknown label name\(s\) \['kidney'\]; this model knows \['liver', 'tumor'\]"
+    ):
         net(x, labels=["kidney"])
     with pytest.raises(ValueError, match="distinct"):
         LabelIndexEncoder(["liver", "liver"])
@@ -97,7 +102,7 @@ def test_clip_text_encoder_from_local_file(tiny_clip, tmp_path):
 def test_adapter_only_checkpoint_round_trip_and_refusals(method, tmp_path):
     net = tiny(method=method)
     with torch.no_grad():
-        for n, p in net.named_parameters():
+        for p in net.parameters():
             if p.requires_grad:
                 p.add_(0.05 * torch.randn_like(p))
     sd = net.state_dict()
@@ -126,8 +131,13 @@ def test_vit_checkpoint_resampled_to_working_size(tmp_path):
     big = tiny_backbone("vit_b", image_size=128)  # 8x8 tokens, like SAM's 1024 px checkpoint
     path = tmp_path / "sam.pth"
     torch.save(big.state_dict(), path)
-    net = SSAM("vit_b", checkpoint=path, label_names=["gland"], image_size=64, **{
-        k: v for k, v in TINY_ARCH["vit_b"].items() if k != "image_size"})
+    net = SSAM(
+        "vit_b",
+        checkpoint=path,
+        label_names=["gland"],
+        image_size=64,
+        **{k: v for k, v in TINY_ARCH["vit_b"].items() if k != "image_size"},
+    )
     assert net.sam.embedding_size == (4, 4) and tuple(net.sam.dense_pe().shape[-2:]) == (4, 4)
     pe = net.sam.image_encoder.pos_embed
     assert pe.shape == (1, 4, 4, 32) and pe.requires_grad
@@ -140,8 +150,8 @@ def test_vit_checkpoint_resampled_to_working_size(tmp_path):
 
 def test_assemble_labels_resolves_overlaps_by_score():
     logits = torch.full((2, 2, 3), -5.0)
-    logits[0, 0, :2] = 3.0   # label 1 strong on two pixels
-    logits[1, 0, 1:] = 4.0   # label 2 stronger on the overlap and alone on the third
+    logits[0, 0, :2] = 3.0  # label 1 strong on two pixels
+    logits[1, 0, 1:] = 4.0  # label 2 stronger on the overlap and alone on the third
     out = AssembleLabels(values=[1, 2])(logits)
     assert out.shape == (1, 2, 3)
     assert out[0, 0].tolist() == [1, 2, 2] and out[0, 1].tolist() == [0, 0, 0]
@@ -155,6 +165,8 @@ def test_full_size_vit_b_share_at_most_half_a_percent():
         net = SSAM("vit_b", checkpoint=None, label_names=["gland"], image_size=256)
         clip_tal = torch.nn.Linear(512, 256)
     c = net.count_parameters()
-    trainable = c["trainable"] - sum(p.numel() for p in net.tal.parameters()) + sum(p.numel() for p in clip_tal.parameters())
+    trainable = (
+        c["trainable"] - sum(p.numel() for p in net.tal.parameters()) + sum(p.numel() for p in clip_tal.parameters())
+    )
     assert c["total"] > 90_000_000 and trainable / c["total"] <= 0.005
     assert net.sam.image_encoder.pos_embed.shape == (1, 16, 16, 768) and net.sam.embedding_size == (16, 16)

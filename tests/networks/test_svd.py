@@ -23,8 +23,19 @@ def test_identity_at_init_train_merge(name, method):
     with torch.no_grad():
         torch.testing.assert_close(sam.encode(x), ref, atol=2e-4, rtol=1e-4)
     trainable = {n for n, p in sam.named_parameters() if p.requires_grad}
-    assert trainable and all(("A" in n.split(".")[-1] or "B" in n.split(".")[-1] or "lora" in n or "norm" in n
-                              or "neck" in n or "bn" in n or "pos" in n or "attention_biases" in n) for n in trainable)
+    assert trainable and all(
+        (
+            "A" in n.split(".")[-1]
+            or "B" in n.split(".")[-1]
+            or "lora" in n
+            or "norm" in n
+            or "neck" in n
+            or "bn" in n
+            or "pos" in n
+            or "attention_biases" in n
+        )
+        for n in trainable
+    )
     assert not any(p.requires_grad for p in sam.mask_decoder.parameters())
     # one step moves only the intended parameters, and merging gives the same output without adapters
     opt = torch.optim.SGD([p for p in sam.parameters() if p.requires_grad], lr=0.1)

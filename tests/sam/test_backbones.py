@@ -5,7 +5,14 @@ import pickle
 import pytest
 import torch
 
-from monai_sam_adapt.sam import BACKBONES, CheckpointError, FrozenSAM, file_sha256, lite_medsam_checkpoint, tiny_backbone
+from monai_sam_adapt.sam import (
+    BACKBONES,
+    CheckpointError,
+    FrozenSAM,
+    file_sha256,
+    lite_medsam_checkpoint,
+    tiny_backbone,
+)
 
 
 @pytest.mark.parametrize("name", ["vit_b", "vit_l", "vit_h", "lite_medsam"])
@@ -29,16 +36,22 @@ def test_decode_batched_prompts_equal_one_image_at_a_time():
     sam = tiny_backbone("vit_b")
     torch.manual_seed(0)
     x = torch.rand(3, 3, 64, 64)
-    boxes = torch.tensor([[[1.0, 1.0, 30.0, 30.0], [10.0, 10.0, 50.0, 60.0]],
-                          [[0.0, 5.0, 63.0, 40.0], [3.0, 3.0, 9.0, 9.0]],
-                          [[20.0, 20.0, 40.0, 40.0], [0.0, 0.0, 63.0, 63.0]]])
+    boxes = torch.tensor(
+        [
+            [[1.0, 1.0, 30.0, 30.0], [10.0, 10.0, 50.0, 60.0]],
+            [[0.0, 5.0, 63.0, 40.0], [3.0, 3.0, 9.0, 9.0]],
+            [[20.0, 20.0, 40.0, 40.0], [0.0, 0.0, 63.0, 63.0]],
+        ]
+    )
     pts = torch.tensor([[[[5.0, 5.0], [30.0, 30.0]]] * 2] * 3)
     lab = torch.tensor([[[1, 0]] * 2] * 3)
     with torch.no_grad():
         emb = sam.encode(x)
         batched, _ = sam.decode(emb, boxes=boxes, points=pts, point_labels=lab)
         for i in range(3):
-            single, _ = sam.decode(emb[i:i + 1], boxes=boxes[i:i + 1], points=pts[i:i + 1], point_labels=lab[i:i + 1])
+            single, _ = sam.decode(
+                emb[i : i + 1], boxes=boxes[i : i + 1], points=pts[i : i + 1], point_labels=lab[i : i + 1]
+            )
             torch.testing.assert_close(batched[i], single[0])
         # each image's result depends on its own prompt only
         swapped, _ = sam.decode(emb, boxes=boxes.flip(1), points=pts, point_labels=lab)

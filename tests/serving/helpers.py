@@ -9,8 +9,8 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import torch
-from monai.bundle import ConfigParser
 
+from monai_sam_adapt.bundle import config_parser
 from tests.bundles.helpers import REPO, tiny_network_override
 
 
@@ -19,6 +19,8 @@ def tiny_bundle(root: Path, bundle: str = "ssam_lits", name: str | None = None, 
     ``models/model.pt`` saved from that network: the serving plumbing at millisecond cost (no accuracy meaning)."""
     dst = root / (name or f"{bundle}_tiny")
     shutil.copytree(REPO / "bundles" / bundle / "configs", dst / "configs")
+    if not (root / "common").exists():  # the shared configs the bundle's macros point to, beside it as in bundles/
+        shutil.copytree(REPO / "bundles" / "common", root / "common")
     override = tiny_network_override("monai_sam_adapt.networks.SSAM", label_names=list(labels), method="svd")
     for cfg in ("inference.json", "train.json", "evaluate.json"):
         path = dst / "configs" / cfg
@@ -26,9 +28,7 @@ def tiny_bundle(root: Path, bundle: str = "ssam_lits", name: str | None = None, 
             c = json.loads(path.read_text())
             c.update(override)
             path.write_text(json.dumps(c, indent=2))
-    parser = ConfigParser()
-    parser.read_config(str(dst / "configs" / "inference.json"))
-    net = parser.get_parsed_content("network_def")
+    net = config_parser(dst, "inference.json").get_parsed_content("network_def")
     (dst / "models").mkdir()
     torch.save(net.state_dict(), dst / "models" / "model.pt")
     return dst

@@ -19,9 +19,9 @@ import pytest
 from pydicom.data import get_testdata_file
 
 from monai_sam_adapt.dicom_seg import label_frames, read_dicom_series
-from monai_sam_adapt.transforms import LoadMedicalImaged
 from monai_sam_adapt.serving.launch import start_label_server
 from monai_sam_adapt.serving.orthanc import upload_instances
+from monai_sam_adapt.transforms import LoadMedicalImaged
 from tests.bundles.test_ssam_lits import synthetic_lits
 from tests.conftest import data_path
 from tests.serving.helpers import oblique_volume
@@ -91,8 +91,9 @@ def test_interactive_box_then_refinement_on_the_clicked_slice(dicom_server):
     image = load(src)
     x, y, z = image.shape[1:]
     k = z // 2
-    out, params = client.infer("sam_interactive", uid, {"box": [x // 4, y // 4, 3 * x // 4, 3 * y // 4, k],
-                                                         "ct_window": "abdomen"})
+    out, params = client.infer(
+        "sam_interactive", uid, {"box": [x // 4, y // 4, 3 * x // 4, 3 * y // 4, k], "ct_window": "abdomen"}
+    )
     first = nib.load(out).get_fdata()
     assert first.shape[:3] == (x, y, z) and params["slices"] == [k]
     assert first[..., k].any() and not np.delete(first, k, axis=2).any()
@@ -100,12 +101,15 @@ def test_interactive_box_then_refinement_on_the_clicked_slice(dicom_server):
     seed = np.zeros((x, y, z), np.uint8)
     seed[..., k] = first[..., k]
     if z > 1:
-        seed[x // 3: x // 2, y // 3: y // 2, (k + 1) % z] = 1
+        seed[x // 3 : x // 2, y // 3 : y // 2, (k + 1) % z] = 1
     ref = nib.Nifti1Image(seed, nib.load(out).affine)
     nib.save(ref, Path(out).with_name("seed.nii.gz"))
-    out2, params2 = client.infer("sam_interactive", uid, {"foreground": [[x // 2, y // 2, k]],
-                                                          "background": [[2, 2, k]], "ct_window": "abdomen"},
-                                 label_in=str(Path(out).with_name("seed.nii.gz")))
+    out2, params2 = client.infer(
+        "sam_interactive",
+        uid,
+        {"foreground": [[x // 2, y // 2, k]], "background": [[2, 2, k]], "ct_window": "abdomen"},
+        label_in=str(Path(out).with_name("seed.nii.gz")),
+    )
     second = nib.load(out2).get_fdata()
     assert params2["slices"] == [k]
     np.testing.assert_array_equal(np.delete(second, k, axis=2), np.delete(seed, k, axis=2))
@@ -113,8 +117,8 @@ def test_interactive_box_then_refinement_on_the_clicked_slice(dicom_server):
 
 
 def _seg_from_orthanc(orthanc: str, image_uid: str):
-    from dicomweb_client import DICOMwebClient
     import highdicom as hd
+    from dicomweb_client import DICOMwebClient
 
     dw = DICOMwebClient(f"{orthanc}/dicom-web")
     for s in dw.search_for_series(search_filters={"Modality": "SEG"}):
@@ -132,8 +136,8 @@ def test_saved_label_lands_in_orthanc_as_dicom_seg_voxel_for_voxel(dicom_server,
     image = load(src)
     x, y, z = image.shape[1:]
     label = np.zeros((x, y, z), np.uint8)
-    label[x // 5: x // 2, y // 4: 3 * y // 4, :] = 1
-    label[x // 2: 4 * x // 5, y // 3: y // 2, z // 2] = 2
+    label[x // 5 : x // 2, y // 4 : 3 * y // 4, :] = 1
+    label[x // 2 : 4 * x // 5, y // 3 : y // 2, z // 2] = 2
     path = Path(client._tmpdir) / "final.nii.gz"
     path.parent.mkdir(parents=True, exist_ok=True)
     # on the image's own grid as MONAI Label serves it (its NIfTI), as a viewer would save it
@@ -147,8 +151,9 @@ def test_saved_label_lands_in_orthanc_as_dicom_seg_voxel_for_voxel(dicom_server,
     assert set(names.values()) == {"liver", "tumor"}
     datasets = read_dicom_series(src)
     expected = label_frames(load(path), datasets)
-    got = seg.get_pixels_by_source_instance(source_sop_instance_uids=[d.SOPInstanceUID for d in datasets],
-                                            combine_segments=True, relabel=False)
+    got = seg.get_pixels_by_source_instance(
+        source_sop_instance_uids=[d.SOPInstanceUID for d in datasets], combine_segments=True, relabel=False
+    )
     value = {n: v for v, n in ((1, "liver"), (2, "tumor"))}
     lut = np.zeros(max(names) + 1, np.uint8)
     for number, name in names.items():
@@ -175,8 +180,12 @@ def test_ohif_shows_the_study_with_our_segmentation(dicom_server, orthanc, tmp_p
     uid, src = series.get("liver", series["ct_small"])
     if _seg_from_orthanc(orthanc, uid) is None:
         test_saved_label_lands_in_orthanc_as_dicom_seg_voxel_for_voxel(dicom_server, orthanc)
-    study = str(pydicom.dcmread(next(p for p in sorted(Path(src).glob("*")) if p.is_file()) if Path(src).is_dir()
-                                else src, stop_before_pixels=True).StudyInstanceUID)
+    study = str(
+        pydicom.dcmread(
+            next(p for p in sorted(Path(src).glob("*")) if p.is_file()) if Path(src).is_dir() else src,
+            stop_before_pixels=True,
+        ).StudyInstanceUID
+    )
     plain, seg = screenshot_study(url, study, tmp_path / "ohif.png")
     assert overlay_pixels(plain) < 200  # the CT alone is grey
     assert overlay_pixels(seg) > 2000, "no segmentation overlay in OHIF"
@@ -195,8 +204,14 @@ def test_sequential_and_concurrent_requests_with_stable_memory(dicom_server):
         label, _ = client.infer("ct_tiny", uid, {})
         assert Path(label).exists()
     with concurrent.futures.ThreadPoolExecutor(4) as pool:
-        results = list(pool.map(lambda _: httpx.post(f"{url}/infer/ct_tiny", params={"image": uid, "output": "json"},
-                                                     data={"params": "{}"}, timeout=300), range(4)))
+        results = list(
+            pool.map(
+                lambda _: httpx.post(
+                    f"{url}/infer/ct_tiny", params={"image": uid, "output": "json"}, data={"params": "{}"}, timeout=300
+                ),
+                range(4),
+            )
+        )
     assert [r.status_code for r in results] == [200] * 4
     growth = (server.memory_info().rss - before) / 2**20
     assert growth < 150, f"server memory grew {growth:.0f} MiB over 19 requests"
@@ -212,14 +227,18 @@ def test_bad_requests_get_4xx_and_the_server_keeps_serving(dicom_server, tmp_pat
     bad = tmp_path / "corrupt.nii.gz"
     bad.write_bytes(b"\x1f\x8b not really a gzip")
     with open(bad, "rb") as f:
-        r = httpx.post(f"{url}/infer/ct_tiny", data={"params": "{}"}, files={"file": ("corrupt.nii.gz", f)},
-                       timeout=60)
+        r = httpx.post(f"{url}/infer/ct_tiny", data={"params": "{}"}, files={"file": ("corrupt.nii.gz", f)}, timeout=60)
     assert 400 <= r.status_code < 500 and "cannot read" in r.json()["detail"]
     wrong = tmp_path / "wrong.nii.gz"
     nib.save(nib.Nifti1Image(np.ones((7, 5, 3), np.uint8), np.eye(4)), wrong)
     with open(wrong, "rb") as f:
-        r = httpx.put(f"{url}/datastore/label", params={"image": uid, "tag": "final"}, data={"params": "{}"},
-                      files={"label": ("wrong.nii.gz", f)}, timeout=60)
+        r = httpx.put(
+            f"{url}/datastore/label",
+            params={"image": uid, "tag": "final"},
+            data={"params": "{}"},
+            files={"label": ("wrong.nii.gz", f)},
+            timeout=60,
+        )
     assert r.status_code == 400 and "shape" in r.json()["detail"]
     assert httpx.get(f"{url}/info/", timeout=30).status_code == 200
 
@@ -256,8 +275,12 @@ def test_nifti_label_has_the_input_geometry(nifti_server):
 def test_training_through_monai_label_uses_the_bundle_train_json(nifti_server):
     client, _ = nifti_server
     url = client.get_server_url()
-    r = httpx.post(f"{url}/train/ct_tiny", params={"run_sync": "true"},
-                   json={"max_epochs": 1, "batch_size": 1, "val_interval": 1}, timeout=600)
+    r = httpx.post(
+        f"{url}/train/ct_tiny",
+        params={"run_sync": "true"},
+        json={"max_epochs": 1, "batch_size": 1, "val_interval": 1},
+        timeout=600,
+    )
     assert r.status_code == 200, r.text
     trained = client.app_dir / "model" / "ct_tiny" / "model.pt"
     assert trained.is_file(), r.text

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import numpy as np
 import nibabel as nib
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -33,7 +33,7 @@ def disk_png(tmp_path_factory):
     """An off-centre disk in a wide image (rows != columns catches x/y swaps)."""
     h, w = 200, 300
     r, c = np.mgrid[:h, :w]
-    disk = (r - 60) ** 2 + (c - 220) ** 2 < 30 ** 2
+    disk = (r - 60) ** 2 + (c - 220) ** 2 < 30**2
     img = np.full((h, w, 3), 40, np.uint8)
     img[disk] = (200, 120, 90)
     path = tmp_path_factory.mktemp("png") / "disk.png"
@@ -77,7 +77,7 @@ def test_clicks_and_boxes_on_real_litemedsam(lite_sam_task, disk_png, tmp_path):
     assert dice(np.array(Image.open(out)) > 0, disk) < 0.5
     # a volume: voxel indices [i, j, k]; only the clicked slice changes
     i, j = np.mgrid[:64, :48]
-    d3 = (i - 40) ** 2 + (j - 12) ** 2 < 9 ** 2
+    d3 = (i - 40) ** 2 + (j - 12) ** 2 < 9**2
     vol = np.zeros((64, 48, 4), np.int16)
     vol[..., 2][d3] = 300
     nib.save(nib.Nifti1Image(vol, np.diag([0.7, 0.8, 3.0, 1])), tmp_path / "v.nii.gz")
@@ -94,8 +94,15 @@ def test_refinement_replaces_only_the_clicked_slices_of_that_label(tmp_path):
     seed[5:20, 5:20, :] = 1
     seed[25:30, 25:30, :] = 2
     nib.save(nib.Nifti1Image(seed, nib.load(vol).affine), tmp_path / "seed.nii.gz")
-    out, params = task({"image": str(vol), "label": str(tmp_path / "seed.nii.gz"), "label_value": 1,
-                        "foreground": [[10, 10, 3]], "background": [[1, 1, 3]]})
+    out, params = task(
+        {
+            "image": str(vol),
+            "label": str(tmp_path / "seed.nii.gz"),
+            "label_value": 1,
+            "foreground": [[10, 10, 3]],
+            "background": [[1, 1, 3]],
+        }
+    )
     got = nib.load(out).get_fdata()
     assert params == {"slices": [3], "label_value": 1}
     np.testing.assert_allclose(nib.load(out).affine, nib.load(vol).affine, atol=1e-5)
@@ -208,3 +215,24 @@ def test_a_multichannel_bundle_takes_one_image_with_all_its_channels(tmp_path):
     out, _ = task({"image": str(tmp_path / "flair_t1c.nii.gz")})
     assert nib.load(out).shape == img.shape
     np.testing.assert_allclose(nib.load(out).affine, img.affine, atol=1e-5)
+
+
+def test_documented_server_command_uses_this_interpreter_and_our_app(capsys):
+    """`python -m monai_sam_adapt.serving` (the README's one way) runs MONAI Label with this Python, our packaged app,
+    our uvicorn app and loopback unless told otherwise; the server tests start it through the same builder."""
+    import sys
+
+    from monai_sam_adapt.serving.__main__ import main
+    from monai_sam_adapt.serving.launch import APP_DIR, label_server_command
+
+    assert main(["--studies", "/data/images", "--conf", "models", "ssam_glas", "--dry_run", "--workers", "1"]) == 0
+    cmd = capsys.readouterr().out.split()
+    assert cmd[:4] == [sys.executable, "-m", "monailabel.main", "start_server"]
+    assert cmd[cmd.index("--app") + 1] == str(APP_DIR)
+    assert cmd[cmd.index("--uvicorn_app") + 1] == "monai_sam_adapt.serving.server:app"
+    assert cmd[cmd.index("--host") + 1] == "127.0.0.1"
+    assert cmd[-2:] == ["--workers", "1"]
+    i = cmd.index("--conf")
+    assert cmd[i : i + 3] == ["--conf", "models", "ssam_glas"]
+    test_cmd = label_server_command(APP_DIR, "/s", 9000)
+    assert test_cmd[:4] == cmd[:4] and "monai_sam_adapt.serving.server:app" in test_cmd

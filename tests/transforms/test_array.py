@@ -71,13 +71,16 @@ def test_select_labels(to_type):
         SelectLabels({"liver": []})
 
 
-@pytest.mark.parametrize("shape,slice_axis,expected", [
-    ((300, 200), None, (256, 171)),
-    ((200, 300), None, (171, 256)),
-    ((256, 256), None, (256, 256)),
-    ((240, 240, 7), 2, (256, 256, 7)),
-    ((5, 100, 50), 0, (5, 256, 128)),
-])
+@pytest.mark.parametrize(
+    "shape,slice_axis,expected",
+    [
+        ((300, 200), None, (256, 171)),
+        ((200, 300), None, (171, 256)),
+        ((256, 256), None, (256, 256)),
+        ((240, 240, 7), 2, (256, 256, 7)),
+        ((5, 100, 50), 0, (5, 256, 128)),
+    ],
+)
 def test_resize_longest_size(shape, slice_axis, expected):
     t = SAMResizeLongest(256, slice_axis)
     assert t.output_size(shape) == expected

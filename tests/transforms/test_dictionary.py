@@ -24,15 +24,30 @@ from tests.conftest import write_png
 def test_dictionary_aliases():
     from monai_sam_adapt import transforms as T
 
-    for name in ("CTWindow", "EnsureThreeChannels", "SelectLabels", "BoxFromLabel", "SAMResizeLongest",
-                 "SAMPreprocess", "LoadMedicalImage", "CheckImageLabel", "RandSlice"):
+    for name in (
+        "CTWindow",
+        "EnsureThreeChannels",
+        "SelectLabels",
+        "BoxFromLabel",
+        "SAMResizeLongest",
+        "SAMPreprocess",
+        "LoadMedicalImage",
+        "CheckImageLabel",
+        "RandSlice",
+    ):
         assert getattr(T, name + "D") is getattr(T, name + "Dict") is getattr(T, name + "d")
 
 
 def test_simple_dict_transforms_and_missing_keys():
     d = {"image": np.full((1, 2, 2), 30.0, np.float32), "label": np.array([[[0, 2], [1, 0]]], np.float32)}
-    out = Compose([CTWindowd("image", "liver"), EnsureThreeChannelsd("image"),
-                   SelectLabelsd("label", classes={"a": [1, 2]}), BoxFromLabeld("label")])(d)
+    out = Compose(
+        [
+            CTWindowd("image", "liver"),
+            EnsureThreeChannelsd("image"),
+            SelectLabelsd("label", classes={"a": [1, 2]}),
+            BoxFromLabeld("label"),
+        ]
+    )(d)
     assert out["image"].shape == (3, 2, 2) and float(out["image"].max()) == 0.5
     np.testing.assert_array_equal(np.asarray(out["box"]), [[0, 0, 1, 1]])
     with pytest.raises(KeyError):
@@ -57,7 +72,9 @@ def test_sam_preprocessd_illegal():
     with pytest.raises(ValueError, match="both an image and a label"):
         SAMPreprocessd(["image"], label_keys=["image"])
     with pytest.raises(InputError, match="my_image.png"):
-        SAMResizeLongestd("image", 64)({"image": MetaTensor(torch.zeros(1, 4, 4, 4), meta={"filename_or_obj": "my_image.png"})})
+        SAMResizeLongestd("image", 64)(
+            {"image": MetaTensor(torch.zeros(1, 4, 4, 4), meta={"filename_or_obj": "my_image.png"})}
+        )
 
 
 def test_load_medical_image_2d_orientation_and_errors(tmp_path):
@@ -103,8 +120,12 @@ def test_check_image_label(tmp_path):
     ok = {"image": MetaTensor(torch.zeros(1, 4, 5, 6)), "label": MetaTensor(torch.zeros(1, 4, 5, 6))}
     CheckImageLabeld()(ok)
     with pytest.raises(InputError, match="not on the same grid"):
-        CheckImageLabeld()({"image": MetaTensor(torch.zeros(3, 4, 5), meta={"filename_or_obj": "img.png"}),
-                            "label": MetaTensor(torch.zeros(1, 5, 4), meta={"filename_or_obj": "lab.png"})})
+        CheckImageLabeld()(
+            {
+                "image": MetaTensor(torch.zeros(3, 4, 5), meta={"filename_or_obj": "img.png"}),
+                "label": MetaTensor(torch.zeros(1, 5, 4), meta={"filename_or_obj": "lab.png"}),
+            }
+        )
     shifted = MetaTensor(torch.zeros(1, 4, 5, 6), affine=torch.diag(torch.tensor([2.0, 1, 1, 1])))
     with pytest.raises(InputError, match="different affines"):
         CheckImageLabeld()({"image": ok["image"], "label": shifted})

@@ -17,14 +17,16 @@ from tests.conftest import data_path
 
 def roundtrip(image, label, out_dir, backbone="lite_medsam", intensity=None, classes=None):
     keys = ["image", "label"]
-    pre = Compose([
-        LoadMedicalImaged(keys),
-        Orientationd(keys, axcodes="PLS"),  # slices as a radiologist sees them (DICOM rows/columns)
-        CheckImageLabeld(keys),
-        SelectLabelsd("label", classes=classes),
-        *(intensity or []),
-        SAMPreprocessd("image", label_keys="label", backbone=backbone, slice_axis=2),
-    ])
+    pre = Compose(
+        [
+            LoadMedicalImaged(keys),
+            Orientationd(keys, axcodes="PLS"),  # slices as a radiologist sees them (DICOM rows/columns)
+            CheckImageLabeld(keys),
+            SelectLabelsd("label", classes=classes),
+            *(intensity or []),
+            SAMPreprocessd("image", label_keys="label", backbone=backbone, slice_axis=2),
+        ]
+    )
     d = pre({"image": image, "label": label})
     size = d["image"].shape[1]
     inferer = SliceInferer(roi_size=(size, size), spatial_dim=2, sw_batch_size=4, progress=False)
@@ -42,8 +44,15 @@ def roundtrip(image, label, out_dir, backbone="lite_medsam", intensity=None, cla
     d = Invertd("pred", transform=pre, orig_keys="label", nearest_interp=False)(d)
     d = Invertd("pred_image", transform=pre, orig_keys="image", nearest_interp=False)(d)
     for k in ("pred", "pred_image"):
-        SaveImaged(k, output_dir=str(out_dir), output_postfix=k, separate_folder=False, resample=False,
-                   writer=AtomicNibabelWriter, print_log=False)(d)
+        SaveImaged(
+            k,
+            output_dir=str(out_dir),
+            output_postfix=k,
+            separate_folder=False,
+            resample=False,
+            writer=AtomicNibabelWriter,
+            print_log=False,
+        )(d)
     return d
 
 
@@ -88,8 +97,9 @@ def test_dicom_series_roundtrip(tmp_path, backbone):
     root = data_path("ct_liver_dicom")
     series = str(root / "ct-3slice")
     loaded = LoadMedicalImaged("image")({"image": series})["image"]  # the DICOM geometry as read
-    d = roundtrip(series, str(root / "liver_seg.nrrd"), tmp_path, backbone=backbone,
-                  intensity=[CTWindowd("image", "abdomen")])
+    d = roundtrip(
+        series, str(root / "liver_seg.nrrd"), tmp_path, backbone=backbone, intensity=[CTWindowd("image", "abdomen")]
+    )
     check_same_geometry(tmp_path / "ct-3slice_pred_image.nii.gz", loaded.affine.numpy(), loaded.shape[1:])
     ref = LoadMedicalImaged("label")({"label": str(root / "liver_seg.nrrd")})["label"][0].numpy() > 0
     out = check_same_geometry(tmp_path / "liver_seg_pred.nii.gz", d["pred"].affine.numpy(), ref.shape) > 0

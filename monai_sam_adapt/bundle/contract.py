@@ -1,0 +1,194 @@
+"""Keys every bundle defines, and how to read a bundle's configs wherever the process runs.
+
+Bundle configs share their structure through MONAI ``%`` macros into ``bundles/common/configs/*.json``. MONAI
+resolves a macro's file path against the working directory, so the commands in the README run from the repository
+root. :func:`read_config` makes the same configs readable from anywhere (the MONAI Label server, tests): it resolves
+each ``bundles/...`` macro path against the folder that holds the bundle.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from monai.bundle import ConfigParser, ConfigWorkflow
+from monai.bundle.utils import ID_SEP_KEY, MACRO_KEY
+
+__all__ = [
+    "INFER_KEYS",
+    "OPTIONAL_KEYS",
+    "SERVING_OVERRIDES",
+    "TRAIN_KEYS",
+    "TRAINING_OVERRIDES",
+    "bundle_workflow",
+    "check_bundle",
+    "config_parser",
+    "find_bundles",
+    "read_config",
+]
+
+#: Keys of ``inference.json`` (and ``evaluate.json``) that running and serving a bundle rely on, with their meaning.
+INFER_KEYS: dict[str, str] = {
+    "bundle_root": "the bundle folder; models/model.pt and outputs are found from it",
+    "device": "torch device the network runs on",
+    "dataset_dir": "folder the datalist's relative paths are resolved against",
+    "datalist": "a datalist JSON file, or a layout name of monai_sam_adapt.engines.LAYOUTS",
+    "data": "the list of {'image': ...} items to run on",
+    "num_workers": "DataLoader workers",
+    "output_dir": "where predictions (inference) or metrics (evaluate) are written",
+    "model_path": "the weights loaded into network (null: a bundle without trained weights)",
+    "network_def": "the network, built once",
+    "network": "network_def on the device",
+    "preprocessing": "load -> intensity -> SAM geometry; Invertd undoes it",
+    "inferer": "SimpleInferer (2D) or SliceInferer (3D)",
+    "postprocessing": "Invertd back to the input grid, activation, (inference) SaveImaged",
+    "handlers": "engine handlers (CheckpointLoader first); serving replaces them",
+    "evaluator": "the SupervisedEvaluator that runs everything",
+    "initialize": "expressions run before the workflow",
+    "run": "the workflow (modern `monai.bundle run` form)",
+}
+#: Keys of ``train.json`` that training a bundle (``monai.bundle run training``, MONAI Label) relies on.
+TRAIN_KEYS: dict[str, str] = {
+    "bundle_root": INFER_KEYS["bundle_root"],
+    "device": INFER_KEYS["device"],
+    "dataset_dir": INFER_KEYS["dataset_dir"],
+    "datalist": "datalist with 'training' and 'validation' lists (a JSON file, a layout name, or a dict)",
+    "num_workers": INFER_KEYS["num_workers"],
+    "output_dir": "TensorBoard logs and resumable checkpoints (output_dir/checkpoints)",
+    "ckpt_dir": "where the best model.pt (by validation Dice) is written",
+    "max_epochs": "training epochs",
+    "val_interval": "epochs between validations",
+    "batch_size": "training batch size",
+    "learning_rate": "optimizer learning rate",
+    "resume_from": "a checkpoint of output_dir/checkpoints to resume from, or null",
+    "network_def": INFER_KEYS["network_def"],
+    "train#trainer": "the SupervisedTrainer",
+    "validate#evaluator": "the validation SupervisedEvaluator (its best metric selects model.pt)",
+    "initialize": "determinism, checkpointing, resume",
+    "run": "the training (modern form)",
+    "training": "the training (`monai.bundle run training` form)",
+}
+#: Optional keys with a meaning to serving.
+OPTIONAL_KEYS: dict[str, str] = {
+    "slice_axis": "present in 3D bundles: volumes are sliced along it, and served as volumes (NIfTI out)",
+    "label_values": "label value of each name of metadata's channel_def (default 1..K)",
+    "input_channels": "names of the channels a bundle reads from separate files (served: one multi-channel image)",
+}
+#: What :class:`monai_sam_adapt.serving.infer.BundleInferTask` overrides in ``inference.json`` per request.
+SERVING_OVERRIDES = (
+    "bundle_root",
+    "device",
+    "network_def",
+    "network",
+    "data",
+    "dataset_dir",
+    "output_dir",
+    "num_workers",
+    "handlers",
+)
+#: What :class:`monai_sam_adapt.serving.train.BundleTrainTask` overrides in ``train.json``.
+TRAINING_OVERRIDES = (
+    "bundle_root",
+    "datalist",
+    "dataset_dir",
+    "output_dir",
+    "ckpt_dir",
+    "num_workers",
+    "max_epochs",
+    "val_interval",
+    "batch_size",
+    "learning_rate",
+    "device",
+)
+
+
+def _resolve_macro_paths(config: Any, bundles_dir: Path) -> Any:
+    if isinstance(config, dict):
+        return {k: _resolve_macro_paths(v, bundles_dir) for k, v in config.items()}
+    if isinstance(config, list):
+        return [_resolve_macro_paths(v, bundles_dir) for v in config]
+    if isinstance(config, str) and config.startswith(MACRO_KEY):
+        path, ids = ConfigParser.split_path_id(config[len(MACRO_KEY) :])
+        parts = Path(path).parts
+        if path and not os.path.isabs(path) and parts[0] == "bundles":
+            target = bundles_dir.joinpath(*parts[1:])
+            return f"{MACRO_KEY}{target}{'#' + ids.replace(ID_SEP_KEY, '#') if ids else ''}"
+    return config
+
+
+def read_config(bundle_dir: str | os.PathLike, name: str = "inference.json") -> dict:
+    """``bundle_dir/configs/<name>`` as a dict that parses from any working directory: a macro path
+    ``bundles/<rest>`` (relative to the repository root, as MONAI reads it there) points to ``<rest>`` in the folder
+    that holds ``bundle_dir`` (whatever its name: ``--conf bundles <folder>``), so ``common/`` must sit beside the
+    bundle. ``bundle_root`` is set to ``bundle_dir``."""
+    bundle_dir = Path(bundle_dir)
+    path = bundle_dir / "configs" / name
+    if not path.is_file():
+        raise FileNotFoundError(f"bundle {bundle_dir.name!r} has no configs/{name} ({path}).")
+    config = _resolve_macro_paths(json.loads(path.read_text()), bundle_dir.resolve().parent)
+    config["bundle_root"] = str(bundle_dir.resolve())
+    return config
+
+
+def config_parser(bundle_dir: str | os.PathLike, name: str = "inference.json", **override: Any) -> ConfigParser:
+    """A MONAI ``ConfigParser`` of a bundle config (see :func:`read_config`) with ``override`` applied."""
+    parser = ConfigParser(read_config(bundle_dir, name))
+    parser.update(override)
+    return parser
+
+
+def bundle_workflow(
+    bundle_dir: str | os.PathLike, name: str = "train.json", workflow_type: str | None = None, **override: Any
+) -> ConfigWorkflow:
+    """A MONAI ``ConfigWorkflow`` of a bundle config with the bundle's metadata and logging, readable from any working
+    directory; ``override`` as on the command line."""
+    cfg = Path(bundle_dir) / "configs"
+    wf = ConfigWorkflow(
+        config_file=str(cfg / name),
+        meta_file=str(cfg / "metadata.json"),
+        logging_file=str(cfg / "logging.conf"),
+        workflow_type=workflow_type,
+    )
+    wf.parser.read_config(f=read_config(bundle_dir, name))
+    wf.parser.update(override)
+    return wf
+
+
+def find_bundles(root: str | os.PathLike) -> dict[str, Path]:
+    """``{name: folder}`` of the bundles under ``root``: folders with ``configs/metadata.json`` and
+    ``configs/inference.json`` (``bundles/common`` holds shared configs, not a bundle)."""
+    return {
+        p.name: p
+        for p in sorted(Path(root).iterdir())
+        if (p / "configs" / "inference.json").is_file() and (p / "configs" / "metadata.json").is_file()
+    }
+
+
+def check_bundle(bundle_dir: str | os.PathLike) -> list[str]:
+    """What a bundle lacks of the contract (empty when it keeps it): every key of :data:`INFER_KEYS` in
+    ``inference.json`` and (when there is one) ``evaluate.json``, of :data:`TRAIN_KEYS` in ``train.json`` when there
+    is one, after its macros are resolved; labels in ``metadata.json`` matching ``label_values``."""
+    bundle_dir = Path(bundle_dir)
+    problems = []
+    for name, keys in (("inference.json", INFER_KEYS), ("evaluate.json", INFER_KEYS), ("train.json", TRAIN_KEYS)):
+        if name != "inference.json" and not (bundle_dir / "configs" / name).is_file():
+            continue
+        try:
+            parser = config_parser(bundle_dir, name)
+            parser.resolve_macro_and_relative_ids()
+        except Exception as e:  # noqa: BLE001 - reported as the problem
+            problems.append(f"configs/{name}: cannot be read ({e})")
+            continue
+        problems += [f"configs/{name} has no {k!r} ({what})" for k, what in keys.items() if k not in parser]
+    try:
+        meta = json.loads((bundle_dir / "configs" / "metadata.json").read_text())
+        channels = meta["network_data_format"]["outputs"]["pred"]["channel_def"]
+        names = [v for v in channels.values() if str(v).lower() != "background"]
+        values = read_config(bundle_dir).get("label_values") or list(range(1, len(names) + 1))
+        if len(values) != len(names):
+            problems.append(f"configs/inference.json: {len(values)} label_values for {len(names)} labels {names}")
+    except (OSError, KeyError, ValueError) as e:
+        problems.append(f"configs/metadata.json: no labels in network_data_format.outputs.pred.channel_def ({e})")
+    return problems

@@ -1,0 +1,41 @@
+"""Start the MONAI Label server the one documented way: ``python -m monai_sam_adapt.serving --studies ...`` (or the
+``monai-sam-serve`` console script).
+
+It runs ``monailabel start_server`` with the interpreter this package is installed in, our app folder, our uvicorn app
+(:mod:`.server`; without it MONAI Label 0.8.5 fails to start under pydicom 3) and ``--host 127.0.0.1`` unless told
+otherwise. ``--conf KEY VALUE`` pairs go to the app (``models``, ``bundles``, ``backbone``, ``checkpoint``,
+``device``); any other option is passed to ``monailabel start_server`` as given.
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+from collections.abc import Sequence
+
+from .launch import APP_DIR, server_command
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m monai_sam_adapt.serving", description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--studies", required=True, help="DICOMweb URL (Orthanc: http://127.0.0.1:8042/dicom-web) or a folder"
+    )
+    parser.add_argument("--app", default=str(APP_DIR), help="MONAI Label app folder (default: the packaged app)")
+    parser.add_argument(
+        "--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)"
+    )
+    parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--conf", nargs=2, action="append", default=[], metavar=("KEY", "VALUE"), help="app option")
+    parser.add_argument("--dry_run", action="store_true", help="print the command instead of running it")
+    args, rest = parser.parse_known_args(argv)
+    cmd = server_command(args.studies, args.app, args.host, args.port, dict(args.conf)) + list(rest)
+    if args.dry_run:
+        print(" ".join(cmd))
+        return 0
+    return subprocess.call(cmd)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
