@@ -6,7 +6,7 @@ and checkpoint size, on the same backbone, batch and images.
 Each method runs in its own fresh process (so peak memory is its own): one warm-up step, then the median of ``--steps``
 timed steps (forward + DiceCE loss + backward + AdamW step). Peak memory is ``torch.cuda.max_memory_allocated`` on GPU
 and the growth of the process's peak resident memory over the model's own on CPU. The checkpoint is what the bundles
-save (``network.state_dict()``: trained tensors and the backbone identity only). Prints a JSON table and ratios
+save (``network.state_dict()``: trained tensors and the backbone fingerprint only). Prints a JSON table and ratios
 to S-SAM.
 """
 

@@ -23,9 +23,9 @@ from monai.networks.blocks import Convolution
 from monai.networks.nets import UNet
 from torch import nn
 
-from monai_sam_adapt.engines import EmbeddingCache, load_datalist
+from monai_sam_adapt.data import load_datalist
 from monai_sam_adapt.networks import EmbeddingHeadPromptEncoder, SurrogateDecoder
-from monai_sam_adapt.sam import FrozenSAM
+from monai_sam_adapt.sam import EmbeddingCache, FrozenSAM
 from monai_sam_adapt.transforms import CheckImageLabeld, LoadMedicalImaged, SAMPreprocessd, SelectLabelsd
 
 
@@ -93,7 +93,7 @@ def main() -> None:
     a = ap.parse_args()
     torch.manual_seed(0)
     sam = FrozenSAM("lite_medsam")
-    cache = EmbeddingCache(a.cache_dir, identity=sam.identity)
+    cache = EmbeddingCache(a.cache_dir, fingerprint=sam.fingerprint)
     tr_e, tr_l = load_split("training", a, sam, cache)
     va_e, va_l = load_split("validation", a, sam, cache)
     g = EmbeddingHeadPromptEncoder(sam.embed_dim) if a.head == "base" else UNetHead(sam.embed_dim)

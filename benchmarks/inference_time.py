@@ -17,7 +17,7 @@ import time
 import torch
 from monai.transforms import Compose
 
-from monai_sam_adapt.engines import load_datalist
+from monai_sam_adapt.data import load_datalist
 from monai_sam_adapt.networks import AutoSAM, PromptedSAM
 from monai_sam_adapt.transforms import BoxFromLabeld, LoadMedicalImaged, SAMPreprocessd, SelectLabelsd
 

@@ -24,7 +24,7 @@ def count(backbone: str, method: str, image_size: int | None, clip_dim: int) -> 
     with torch.device(device):
         net = SSAM(backbone, checkpoint=None, label_names=["gland"], method=method, image_size=image_size)
     c = net.count_parameters()
-    tal_offline = sum(p.numel() for p in net.tal.parameters())
+    tal_offline = sum(p.numel() for p in net.text_affine.parameters())
     tal_clip = clip_dim * net.sam.embed_dim + net.sam.embed_dim
     total = c["total"]
     return {

@@ -2,6 +2,6 @@
 
 __version__ = "0.1.0"
 
-from . import data, engines, io, networks, sam, transforms  # noqa: E402  (bundle configs use dotted names)
+from . import bundle, data, engines, errors, io, losses, networks, sam, transforms  # noqa: E402  (configs use dotted names)
 
-__all__ = ["data", "engines", "io", "networks", "sam", "transforms", "__version__"]
+__all__ = ["bundle", "data", "engines", "errors", "io", "losses", "networks", "sam", "transforms", "__version__"]

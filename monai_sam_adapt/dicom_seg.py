@@ -18,8 +18,8 @@ import torch
 from monai.config import KeysCollection
 from monai.transforms import MapTransform
 
-from .io import atomic_replace_path
-from .transforms.dictionary import InputError
+from .errors import InputError
+from .io import atomic_write
 
 __all__ = ["SaveDicomSegd", "read_dicom_series", "label_frames", "write_dicom_seg"]
 
@@ -184,16 +184,9 @@ def write_dicom_seg(
         series_description=series_description,
         omit_empty_frames=False,
     )
-    out = Path(filename)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = atomic_replace_path(out)
-    try:
+    with atomic_write(filename) as tmp:
         seg.save_as(tmp)
-        os.replace(tmp, out)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return out
+    return Path(filename)
 
 
 class SaveDicomSegd(MapTransform):

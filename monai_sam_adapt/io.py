@@ -1,33 +1,46 @@
-"""Image writers that never leave a half-written file, and read PNG masks in the orientation we load them."""
+"""Writing files that are never left half-written (:func:`atomic_write`, the one place that does it), and image
+writers built on it that read PNG masks in the orientation we load them."""
 
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from monai.data import ITKWriter, NibabelWriter, PILWriter
 
-__all__ = ["AtomicITKWriter", "AtomicNibabelWriter", "PILMaskWriter", "atomic_replace_path"]
+__all__ = ["AtomicITKWriter", "AtomicNibabelWriter", "PILMaskWriter", "atomic_write"]
 
 
-def atomic_replace_path(filename: str | os.PathLike) -> Path:
-    """A hidden temporary path beside ``filename`` with the same extension(s)."""
-    p = Path(filename)
-    return p.with_name(f".partial-{os.getpid()}-{p.name}")
+@contextmanager
+def atomic_write(filename: str | os.PathLike) -> Iterator[Path]:
+    """Yield a hidden temporary path beside ``filename`` (same extensions, so writers pick the same format) to write
+    to; on success it replaces ``filename`` in one rename, on any error it is removed: a crash never leaves a
+    truncated or partial output. Parent folders are created.
+
+    Example::
+
+        with atomic_write("out/overlays.png") as tmp:
+            fig.savefig(tmp)
+    """
+    out = Path(filename)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".partial-{os.getpid()}-{out.name}")
+    try:
+        yield tmp
+        os.replace(tmp, out)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
 
 
 class _AtomicWriteMixin:
-    """Write to a temporary file beside the target, then rename: a crash never leaves a truncated output."""
+    """A MONAI image writer whose ``write`` goes through :func:`atomic_write`."""
 
     def write(self, filename, verbose: bool = False, **kwargs):
-        tmp = atomic_replace_path(filename)
-        Path(filename).parent.mkdir(parents=True, exist_ok=True)
-        try:
+        with atomic_write(filename) as tmp:
             super().write(str(tmp), verbose=verbose, **kwargs)  # type: ignore[misc]
-            os.replace(tmp, filename)
-        finally:
-            if tmp.exists():
-                tmp.unlink()
 
 
 class PILMaskWriter(_AtomicWriteMixin, PILWriter):

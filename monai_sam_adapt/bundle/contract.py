@@ -34,7 +34,7 @@ INFER_KEYS: dict[str, str] = {
     "bundle_root": "the bundle folder; models/model.pt and outputs are found from it",
     "device": "torch device the network runs on",
     "dataset_dir": "folder the datalist's relative paths are resolved against",
-    "datalist": "a datalist JSON file, or a layout name of monai_sam_adapt.engines.LAYOUTS",
+    "datalist": "a datalist JSON file, or a layout name of monai_sam_adapt.data.LAYOUTS",
     "data": "the list of {'image': ...} items to run on",
     "num_workers": "DataLoader workers",
     "output_dir": "where predictions (inference) or metrics (evaluate) are written",
@@ -76,7 +76,7 @@ OPTIONAL_KEYS: dict[str, str] = {
     "label_values": "label value of each name of metadata's channel_def (default 1..K)",
     "input_channels": "names of the channels a bundle reads from separate files (served: one multi-channel image)",
 }
-#: What :class:`monai_sam_adapt.serving.infer.BundleInferTask` overrides in ``inference.json`` per request.
+#: What :class:`monai_sam_adapt.serving.bundle_task.BundleSegmentationTask` overrides in ``inference.json`` per request.
 SERVING_OVERRIDES = (
     "bundle_root",
     "device",
@@ -88,7 +88,7 @@ SERVING_OVERRIDES = (
     "num_workers",
     "handlers",
 )
-#: What :class:`monai_sam_adapt.serving.train.BundleTrainTask` overrides in ``train.json``.
+#: What :class:`monai_sam_adapt.serving.bundle_training.BundleTrainingTask` overrides in ``train.json``.
 TRAINING_OVERRIDES = (
     "bundle_root",
     "datalist",

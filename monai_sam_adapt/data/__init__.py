@@ -1,4 +1,8 @@
-"""Datalists for known dataset layouts (Kvasir-SEG, GlaS, BRATS, LiTS, any image/mask folder)."""
+"""Datalists: made from known dataset layouts (Kvasir-SEG, GlaS, BRATS, LiTS, any image/mask folder; also the
+``python -m monai_sam_adapt.data`` command) and read by the bundles (:func:`load_datalist`, checked before a run).
+
+Not here: loading images (:mod:`monai_sam_adapt.transforms.io`), the committed datalists (``bundles/common/datalists``).
+"""
 
 from .datalists import (
     IMAGE_SUFFIXES,
@@ -11,9 +15,13 @@ from .datalists import (
     split_by_case,
     write_datalist,
 )
+from .loading import LAYOUTS, check_datalist, load_datalist
 
 __all__ = [
     "IMAGE_SUFFIXES",
+    "LAYOUTS",
+    "check_datalist",
+    "load_datalist",
     "brats_datalist",
     "folder_datalist",
     "glas_datalist",

@@ -205,10 +205,11 @@ def folder_datalist(
 
 
 def write_datalist(datalist: dict, path: str | Path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(datalist, indent=1))
-    return path
+    from ..io import atomic_write
+
+    with atomic_write(path) as tmp:
+        tmp.write_text(json.dumps(datalist, indent=1))
+    return Path(path)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

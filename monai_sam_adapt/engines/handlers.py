@@ -10,6 +10,8 @@ import numpy as np
 import torch
 from monai.utils import min_version, optional_import
 
+from ..io import atomic_write
+
 Events, _ = optional_import("ignite.engine", "0.4.11", min_version, "Events")
 
 __all__ = ["MetricPlots", "OverlayGrid"]
@@ -65,10 +67,9 @@ class MetricPlots:
                 + (f" ({per_image.size - finite.size} not finite)" if finite.size < per_image.size else "")
             )
             fig.tight_layout()
-            tmp = self.save_dir / f".partial-{name}_distribution.png"
-            fig.savefig(tmp, dpi=100)
+            with atomic_write(self.save_dir / f"{name}_distribution.png") as tmp:
+                fig.savefig(tmp, dpi=100)
             plt.close(fig)
-            os.replace(tmp, self.save_dir / f"{name}_distribution.png")
 
 
 class OverlayGrid:
@@ -162,7 +163,6 @@ class OverlayGrid:
         fig.suptitle("ground truth (green), prediction (red)", fontsize=9)
         fig.tight_layout(rect=(0, 0, 1, 1 - 0.3 / (3.2 * n)))  # leave the suptitle its own strip
         self.save_dir.mkdir(parents=True, exist_ok=True)
-        tmp = self.save_dir / f".partial-{self.filename}"
-        fig.savefig(tmp, dpi=90)
+        with atomic_write(self.save_dir / self.filename) as tmp:
+            fig.savefig(tmp, dpi=90)
         plt.close(fig)
-        os.replace(tmp, self.save_dir / self.filename)

@@ -1,24 +1,22 @@
-"""Networks on frozen SAM backbones."""
+"""Networks on frozen SAM backbones: :class:`PromptedSAM` (box/point prompts), :class:`AutoSAM`, :class:`SSAM` with its
+SVD / LoRA adapters and text encoders, and their trainable blocks (:mod:`.blocks`).
 
-from .autosam import (
-    AutoSAM,
-    AutoSAMLoss,
-    CNNPromptEncoder,
-    EmbeddingHeadPromptEncoder,
-    SurrogateDecoder,
-    autosam_lite_medsam,
-)
+Not here: the frozen backbones and their embedding cache (:mod:`monai_sam_adapt.sam`), losses
+(:mod:`monai_sam_adapt.losses`), errors (:mod:`monai_sam_adapt.errors`).
+"""
+
+from .autosam import AutoSAM, autosam_lite_medsam
+from .blocks import CNNPromptEncoder, EmbeddingHeadPromptEncoder, SurrogateDecoder
 from .checkpointing import TrainedPartsCheckpoint
 from .prompted import PromptedSAM
 from .ssam import METHODS, SSAM
 from .svd import LoRAAdapter, SVDAdapter, adapt_encoder, count_parameters, merge_adapters
-from .text import CLIPTextEncoder, LabelIndexEncoder, TextAffineLayer, UnknownLabelError, build_text_encoder
+from .text import CLIPTextEncoder, LabelIndexEncoder, TextAffineLayer, build_text_encoder
 
 __all__ = [
     "METHODS",
     "SSAM",
     "AutoSAM",
-    "AutoSAMLoss",
     "CLIPTextEncoder",
     "CNNPromptEncoder",
     "EmbeddingHeadPromptEncoder",
@@ -29,7 +27,6 @@ __all__ = [
     "SurrogateDecoder",
     "TextAffineLayer",
     "TrainedPartsCheckpoint",
-    "UnknownLabelError",
     "adapt_encoder",
     "autosam_lite_medsam",
     "build_text_encoder",

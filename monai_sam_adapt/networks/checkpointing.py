@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..sam.backbones import CheckpointError
+from ..errors import CheckpointError
 
 __all__ = ["TrainedPartsCheckpoint"]
 
@@ -14,14 +14,17 @@ class TrainedPartsCheckpoint:
 
     ``state_dict()`` keeps every tensor outside ``sam.`` and, inside it, only parameters that train (S-SAM's A, B, norms
     and positional embedding); the frozen weights and tensors derived from them (SVD factors) come from the backbone's
-    own checkpoint. ``_extra_state`` records :meth:`checkpoint_identity`; loading weights whose identity differs in any
-    of ``identity_keys`` raises :class:`CheckpointError` saying what differs.
+    own checkpoint. ``_extra_state`` records :meth:`checkpoint_fingerprint`; loading weights whose fingerprint differs
+    in any of ``fingerprint_keys`` raises :class:`CheckpointError` saying what differs. Keys renamed since weights were
+    committed (``legacy_prefixes``) are translated on loading.
     """
 
-    identity_keys: tuple[str, ...] = ("backbone", "sha256", "arch")
+    fingerprint_keys: tuple[str, ...] = ("backbone", "sha256", "arch")
+    #: ``{old prefix: new prefix}`` of state-dict keys renamed since weights were committed; loading translates them.
+    legacy_prefixes: dict[str, str] = {}
 
-    def checkpoint_identity(self) -> dict[str, Any]:
-        return {"method": type(self).__name__, **self.sam.identity}
+    def checkpoint_fingerprint(self) -> dict[str, Any]:
+        return {"method": type(self).__name__, **self.sam.fingerprint}
 
     def state_dict(self, *args, destination=None, prefix: str = "", keep_vars: bool = False):
         sd = super().state_dict(*args, destination=destination, prefix=prefix, keep_vars=keep_vars)
@@ -33,6 +36,9 @@ class TrainedPartsCheckpoint:
     def _load_from_state_dict(
         self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
     ):
+        for old, new in self.legacy_prefixes.items():
+            for k in [k for k in state_dict if k.startswith(prefix + old)]:
+                state_dict[prefix + new + k[len(prefix + old) :]] = state_dict.pop(k)
         for k, v in self.sam.state_dict(prefix=prefix + "sam.", keep_vars=False).items():
             state_dict.setdefault(k, v)  # frozen parts come from the backbone's own checkpoint
         super()._load_from_state_dict(
@@ -40,11 +46,11 @@ class TrainedPartsCheckpoint:
         )
 
     def get_extra_state(self) -> dict:
-        return self.checkpoint_identity()
+        return self.checkpoint_fingerprint()
 
     def set_extra_state(self, state: dict) -> None:
-        mine = self.checkpoint_identity()
-        diff = [k for k in ("method", *self.identity_keys) if state.get(k) != mine.get(k)]
+        mine = self.checkpoint_fingerprint()
+        diff = [k for k in ("method", *self.fingerprint_keys) if state.get(k) != mine.get(k)]
         if diff:
 
             def show(d: dict) -> str:

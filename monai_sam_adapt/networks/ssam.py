@@ -51,7 +51,8 @@ class SSAM(TrainedPartsCheckpoint, nn.Module):
         net.count_parameters()                  # {'trainable': ..., 'total': ..., 'percent': ...}
     """
 
-    identity_keys = ("backbone", "sha256", "arch", "adaptation", "labels", "text_encoder")
+    fingerprint_keys = ("backbone", "sha256", "arch", "adaptation", "labels", "text_encoder")
+    legacy_prefixes = {"tal.": "text_affine."}  # the name before 0.2
 
     def __init__(
         self,
@@ -80,18 +81,18 @@ class SSAM(TrainedPartsCheckpoint, nn.Module):
         else:
             adapt_encoder(encoder, method=method, rank=rank, train_norms=train_norms, train_pos_embed=train_pos_embed)
         text = build_text_encoder(self.label_names, text_encoder)
-        self.text_identity = text.identity
+        self.text_fingerprint = text.fingerprint
         self.register_buffer("text_features", text(self.label_names), persistent=False)
-        self.tal = TextAffineLayer(self.text_features.shape[1], self.sam.embed_dim)
+        self.text_affine = TextAffineLayer(self.text_features.shape[1], self.sam.embed_dim)
 
-    def checkpoint_identity(self) -> dict[str, Any]:
+    def checkpoint_fingerprint(self) -> dict[str, Any]:
         adaptation = {"method": self.method, **({"rank": self.rank} if self.method == "lora" else {})}
         return {
             "method": "SSAM",
             "adaptation": adaptation,
             "labels": self.label_names,
-            "text_encoder": self.text_identity,
-            **self.sam.identity,
+            "text_encoder": self.text_fingerprint,
+            **self.sam.fingerprint,
         }
 
     def train(self, mode: bool = True) -> SSAM:
@@ -117,7 +118,7 @@ class SSAM(TrainedPartsCheckpoint, nn.Module):
     def prompts(self, labels: Sequence[str] | None = None) -> torch.Tensor:
         """Sparse prompt tokens ``(K, 1, C)`` for ``labels`` (default: all, in label-value order)."""
         idx = range(len(self.label_names)) if labels is None else check_label_names(labels, self.label_names)
-        return self.tal(self.text_features[list(idx)])
+        return self.text_affine(self.text_features[list(idx)])
 
     def forward(self, image: torch.Tensor, labels: Sequence[str] | None = None) -> torch.Tensor:
         """``image (B, 3, S, S)`` pre-processed for the backbone -> logits ``(B, K, S, S)``, one map per label."""

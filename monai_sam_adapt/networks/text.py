@@ -24,7 +24,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..sam.backbones import CheckpointError, file_sha256
+from ..errors import CheckpointError, UnknownLabelError
+from ..sam.checkpoint import file_sha256
 
 __all__ = [
     "CLIPTextEncoder",
@@ -34,13 +35,6 @@ __all__ = [
     "build_text_encoder",
     "check_label_names",
 ]
-
-
-class UnknownLabelError(KeyError):
-    """A label name the model was not built (trained) for."""
-
-    def __str__(self) -> str:  # KeyError quotes its message; show it as written
-        return str(self.args[0])
 
 
 def check_label_names(asked: Sequence[str], known: Sequence[str]) -> list[int]:
@@ -66,7 +60,7 @@ class LabelIndexEncoder(nn.Module):
         self.output_dim = len(self.label_names)
 
     @property
-    def identity(self) -> dict[str, Any]:
+    def fingerprint(self) -> dict[str, Any]:
         return {"text_encoder": "label_index", "labels": self.label_names}
 
     @torch.no_grad()
@@ -124,7 +118,7 @@ class CLIPTextEncoder(nn.Module):
         )
 
     @property
-    def identity(self) -> dict[str, Any]:
+    def fingerprint(self) -> dict[str, Any]:
         return {"text_encoder": "open_clip", "model_name": self.model_name, "sha256": self.checkpoint_sha256}
 
     def train(self, mode: bool = True) -> CLIPTextEncoder:

@@ -1,33 +1,23 @@
-"""Frozen SAM backbones: one registry (:data:`BACKBONES`), one class (:class:`FrozenSAM`)."""
+"""Frozen SAM backbones: one registry (:data:`BACKBONES`), one class (:class:`FrozenSAM`), their checkpoint files
+(:mod:`.checkpoint`: hashing, safe loading) and the cache of their image embeddings (:class:`EmbeddingCache`).
 
-from .backbones import (
-    BACKBONES,
-    DEFAULT_BACKBONE,
-    TINY_ARCH,
-    BackboneSpec,
-    CheckpointError,
-    FrozenSAM,
-    build_backbone,
-    file_sha256,
-    get_spec,
-    lite_medsam_checkpoint,
-    load_state_dict_file,
-    resample_positional,
-    tiny_backbone,
-)
+Not here: networks built on a backbone (:mod:`monai_sam_adapt.networks`), pre-processing transforms
+(:mod:`monai_sam_adapt.transforms`), tiny test backbones (``tests/tiny.py``).
+"""
+
+from .backbones import BACKBONES, DEFAULT_BACKBONE, BackboneSpec, FrozenSAM, get_spec
+from .cache import EmbeddingCache
+from .checkpoint import file_sha256, lite_medsam_checkpoint, load_state_dict_file, resample_positional
 
 __all__ = [
     "BACKBONES",
     "DEFAULT_BACKBONE",
-    "TINY_ARCH",
     "BackboneSpec",
-    "CheckpointError",
+    "EmbeddingCache",
     "FrozenSAM",
-    "build_backbone",
     "file_sha256",
     "get_spec",
     "lite_medsam_checkpoint",
-    "resample_positional",
     "load_state_dict_file",
-    "tiny_backbone",
+    "resample_positional",
 ]

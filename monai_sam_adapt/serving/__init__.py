@@ -1,14 +1,20 @@
 """Serving through MONAI Label (OHIF, 3D Slicer) with Orthanc as the DICOMweb archive.
 
-Needs the ``monailabel`` extra (``pip install monai_sam_adapt[monailabel]``). Pieces:
+Needs the ``monailabel`` extra (``pip install monai_sam_adapt[monailabel]``). Start it with
+``python -m monai_sam_adapt.serving --studies ...`` (:mod:`.__main__`, the command built by :mod:`.launch`). Pieces, one
+job each:
 
-- :mod:`.server`: the ASGI app ``monailabel start_server --uvicorn_app monai_sam_adapt.serving.server:app`` runs: MONAI
-  Label's own app, made to start under pydicom 3 (:mod:`.compat`), with input errors answered as 4xx and the OHIF
-  viewer's sub-folder files served.
-- :mod:`.app`: :class:`SAMAdaptApp`, the MONAI Label app (``monai_sam_adapt/apps/monailabel``): every bundle with
-  weights as an automatic model, an interactive SAM model, training through the bundles' own ``train.json``.
-- :mod:`.infer`, :mod:`.train`, :mod:`.datastore`: its tasks and datastores.
+- :mod:`.server` (+ :mod:`.compat`): the ASGI app MONAI Label runs: its own app, made to start under pydicom 3, with
+  input errors answered as 4xx and the OHIF viewer's sub-folder files served.
+- :mod:`.app`: :class:`SAMAdaptApp`, the MONAI Label app (``monai_sam_adapt/apps/monailabel``).
+- :mod:`.bundle_task`: a bundle as an automatic model (:class:`BundleSegmentationTask`); :mod:`.bundle_training`:
+  training it on the datastore (:class:`BundleTrainingTask`); :mod:`.interactive`: clicks and boxes on the frozen
+  SAM; :mod:`.inputs`: reading a request's files; :mod:`.datastore`: datastores that refuse bad uploads and write
+  DICOM SEG; :mod:`.errors`: the 4xx error.
 - :mod:`.orthanc`: start Orthanc with DICOMweb on loopback, remote access refused.
+
+Not here: the bundle contract (:mod:`monai_sam_adapt.bundle`), test and demo scaffolding (``tests/serving/stack.py``:
+a throw-away server on a free port, DICOM upload, OHIF screenshots).
 """
 
 from .compat import install_pydicom_bridge

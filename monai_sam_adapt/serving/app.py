@@ -17,10 +17,11 @@ from monailabel.interfaces.tasks.train import TrainTask
 import monai_sam_adapt
 
 from ..bundle import find_bundles
+from .bundle_task import BundleSegmentationTask, bundle_labels
+from .bundle_training import BundleTrainingTask
 from .datastore import CheckedLocalDatastore, SegDICOMWebDatastore
 from .errors import RequestError
-from .infer import BundleInferTask, InteractiveSAMTask, bundle_labels
-from .train import BundleTrainTask
+from .interactive import InteractiveSAMTask
 
 __all__ = ["SAMAdaptApp", "INTERACTIVE", "default_bundles_dir", "served_bundles"]
 
@@ -122,7 +123,7 @@ class SAMAdaptApp(MONAILabelApp):
 
     def init_infers(self) -> dict[str, InferTask]:
         infers: dict[str, InferTask] = {
-            name: BundleInferTask(path, device=self.device, trained_path=self.model_dir / name / "model.pt")
+            name: BundleSegmentationTask(path, device=self.device, trained_path=self.model_dir / name / "model.pt")
             for name, path in self.bundles.items()
         }
         infers[INTERACTIVE] = InteractiveSAMTask(
@@ -132,7 +133,7 @@ class SAMAdaptApp(MONAILabelApp):
 
     def init_trainers(self) -> dict[str, TrainTask]:
         return {
-            name: BundleTrainTask(path, ckpt_dir=self.model_dir / name, output_dir=self.model_dir / name / "runs")
+            name: BundleTrainingTask(path, ckpt_dir=self.model_dir / name, output_dir=self.model_dir / name / "runs")
             for name, path in self.bundles.items()
         }
 

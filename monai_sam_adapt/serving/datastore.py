@@ -15,7 +15,7 @@ from monailabel.interfaces.datastore import DefaultLabelTag
 
 from ..dicom_seg import write_dicom_seg
 from .errors import RequestError
-from .infer import image_shape, read_input
+from .inputs import image_shape, read_input
 
 __all__ = ["CheckedDatastoreMixin", "CheckedLocalDatastore", "SegDICOMWebDatastore", "label_names_of"]
 

@@ -22,7 +22,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-__all__ = ["DICOMWEB_PLUGIN", "orthanc_config", "start_orthanc", "upload_instances", "wait_http", "free_port"]
+__all__ = ["DICOMWEB_PLUGIN", "orthanc_config", "start_orthanc", "wait_http", "free_port"]
 
 #: Where Debian's ``orthanc-dicomweb`` installs the plugin.
 DICOMWEB_PLUGIN = "/usr/share/orthanc/plugins/libOrthancDicomWeb.so"
@@ -98,24 +98,6 @@ def start_orthanc(
         proc.kill()
         raise
     return proc
-
-
-def upload_instances(orthanc: str, files) -> set[str]:
-    """Store DICOM files in Orthanc (its REST ``/instances``); the SeriesInstanceUIDs they belong to."""
-    import pydicom
-
-    series = set()
-    for f in files:
-        req = urllib.request.Request(
-            f"{orthanc}/instances",
-            data=Path(f).read_bytes(),
-            method="POST",
-            headers={"Content-Type": "application/dicom"},
-        )
-        with urllib.request.urlopen(req, timeout=60) as r:
-            r.read()
-        series.add(str(pydicom.dcmread(f, stop_before_pixels=True).SeriesInstanceUID))
-    return series
 
 
 def main() -> None:

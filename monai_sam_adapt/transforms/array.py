@@ -16,6 +16,7 @@ from monai.data import MetaTensor
 from monai.data.meta_obj import get_track_meta
 from monai.transforms import (
     Compose,
+    RepeatChannel,
     Resize,
     ScaleIntensityRange,
     SpatialPad,
@@ -106,7 +107,7 @@ class EnsureThreeChannels(Transform):
         if c == 3:
             return img
         if c == 1:
-            out = img.repeat(3, *([1] * (img.ndim - 1)))
+            out = RepeatChannel(3)(img)
         elif c == 2:
             out = torch.cat([img, img.mean(0, keepdim=True)], 0)
         elif c == 4:
@@ -201,8 +202,12 @@ class SAMResizeLongest(Resize):
                 f"expected a 2D image (or 3D with slice_axis), got spatial shape {tuple(shape)} with "
                 f"slice_axis={self.slice_axis}."
             )
-        scale = self.target_size / max(shape[i] for i in plane)
-        return tuple(int(s * scale + 0.5) if i in plane else s for i, s in enumerate(shape))
+        from segment_anything.utils.transforms import ResizeLongestSide
+
+        new = ResizeLongestSide.get_preprocess_shape(shape[plane[0]], shape[plane[1]], self.target_size)
+        out = list(shape)
+        out[plane[0]], out[plane[1]] = new
+        return tuple(out)
 
     def __call__(
         self,

@@ -4,18 +4,15 @@ from __future__ import annotations
 
 import os
 from collections.abc import Hashable, Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 import monai.transforms
 import numpy as np
 import torch
 from monai.config import KeysCollection
-from monai.data import ITKReader, PILReader
 from monai.transforms import (
     Compose,
     InvertibleTransform,
-    LoadImaged,
     MapTransform,
     RandCropByPosNegLabeld,
     SpatialPadd,
@@ -23,6 +20,7 @@ from monai.transforms import (
 )
 from monai.utils import ensure_tuple, ensure_tuple_rep
 
+from ..errors import InputError
 from ..sam.backbones import BackboneSpec, get_spec
 from .array import (
     AssembleLabels,
@@ -50,11 +48,6 @@ __all__ = [
     "EnsureThreeChannelsD",
     "EnsureThreeChannelsDict",
     "EnsureThreeChannelsd",
-    "InputError",
-    "PILReader2D",
-    "LoadMedicalImageD",
-    "LoadMedicalImageDict",
-    "LoadMedicalImaged",
     "RandSliceD",
     "RandSliceDict",
     "RandSliced",
@@ -68,10 +61,6 @@ __all__ = [
     "SelectLabelsDict",
     "SelectLabelsd",
 ]
-
-
-class InputError(ValueError):
-    """Bad input data; the message names the file and what is wrong with it."""
 
 
 def _source(d: Mapping, key: Hashable) -> str:
@@ -300,85 +289,6 @@ class SAMPreprocessd(_ComposedMapd):
         self.spec, self.image_size, self.slice_axis = spec, size, slice_axis
 
 
-class PILReader2D(PILReader):
-    """MONAI's ``PILReader`` reading rows first (``reverse_indexing=False``) and TIFF as well."""
-
-    suffixes = ("png", "jpg", "jpeg", "bmp", "tif", "tiff")
-
-    def __init__(self, converter=None, reverse_indexing: bool = False, **kwargs) -> None:
-        super().__init__(converter=converter, reverse_indexing=reverse_indexing, **kwargs)
-
-    def verify_suffix(self, filename) -> bool:
-        return all(str(f).lower().endswith(self.suffixes) for f in ensure_tuple(filename))
-
-
-class LoadMedicalImaged(LoadImaged):
-    """MONAI's ``LoadImaged`` for the formats we support, with errors that name the file and what is wrong.
-
-    2D files (png, jpg, bmp, tif) load as ``(C, H, W)``: rows first, as the image is seen and as SAM was trained
-    (MONAI's
-    default PIL reader swaps the axes); write such masks with :class:`monai_sam_adapt.io.PILMaskWriter`.
-    3D: NIfTI (nibabel), NRRD (pynrrd), a DICOM series folder or file (pydicom). ``ensure_channel_first`` defaults to
-    ``True``. A missing file, an unreadable or corrupt file, or a corrupt slice of a DICOM series raises
-    :class:`InputError` naming it.
-    """
-
-    def __init__(
-        self,
-        keys: KeysCollection,
-        reader=None,
-        ensure_channel_first: bool = True,
-        allow_missing_keys: bool = False,
-        **kwargs,
-    ) -> None:
-        # image_only: geometry and file name travel in the MetaTensor's .meta / .affine
-        super().__init__(
-            keys,
-            reader=reader,
-            ensure_channel_first=ensure_channel_first,
-            image_only=True,
-            allow_missing_keys=allow_missing_keys,
-            **kwargs,
-        )
-        if reader is None:
-            # the same readers whatever else is installed: MONAI prefers ITK when it is there (MONAI Label brings it),
-            # and ITK reads a DICOM series differently and passes over a truncated slice
-            self._loader.readers = [r for r in self._loader.readers if not isinstance(r, ITKReader)]
-            self._loader.register(PILReader2D())  # registered last = tried first for 2D files
-
-    def __call__(self, data, reader=None):
-        d = dict(data)
-        for key in self.key_iterator(d):
-            path = d[key]
-            if isinstance(path, (str, os.PathLike)):
-                if not os.path.exists(path):
-                    raise InputError(f"{key} file {str(path)!r} does not exist.")
-                if os.path.isdir(path) and not any(Path(path).iterdir()):
-                    raise InputError(f"{key} folder {str(path)!r} is empty (expected a DICOM series).")
-            try:
-                d[key] = self._loader(path, reader)
-            except InputError:
-                raise
-            except Exception as e:
-                raise InputError(f"cannot read {key} file {str(path)!r}: {_explain(path, e)}") from e
-        return d
-
-
-def _explain(path: Any, e: Exception) -> str:
-    """Say which slice of a DICOM folder is broken, when a series fails to load."""
-    msg = f"{type(e).__name__}: {e}".strip()
-    if isinstance(path, (str, os.PathLike)) and os.path.isdir(path):
-        import pydicom
-
-        for f in sorted(Path(path).iterdir()):
-            try:
-                ds = pydicom.dcmread(f)
-                _ = ds.pixel_array
-            except Exception as fe:  # noqa: BLE001 - reported to the user
-                return f"slice {str(f)!r} is not a readable DICOM image ({type(fe).__name__}: {fe})"
-    return msg.splitlines()[0][:500]
-
-
 class CheckImageLabeld(MapTransform):
     """Refuse an image/label pair whose grids differ (spatial shape, and affine for 3D), naming both files.
 
@@ -480,7 +390,6 @@ SelectLabelsD = SelectLabelsDict = SelectLabelsd
 BoxFromLabelD = BoxFromLabelDict = BoxFromLabeld
 SAMResizeLongestD = SAMResizeLongestDict = SAMResizeLongestd
 SAMPreprocessD = SAMPreprocessDict = SAMPreprocessd
-LoadMedicalImageD = LoadMedicalImageDict = LoadMedicalImaged
 CheckImageLabelD = CheckImageLabelDict = CheckImageLabeld
 RandSliceD = RandSliceDict = RandSliced
 AssembleLabelsD = AssembleLabelsDict = AssembleLabelsd

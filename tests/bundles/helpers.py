@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from monai_sam_adapt.bundle import bundle_workflow
-from monai_sam_adapt.sam import TINY_ARCH
+from tests.tiny import TINY_ARCH
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -84,7 +84,7 @@ def test_train_evaluate_infer_tiny(polyp_folder, tmp_path):
 
 def test_refuses_weights_of_another_backbone(polyp_folder, tmp_path):
     from monai_sam_adapt.networks import AutoSAM
-    from monai_sam_adapt.sam import tiny_backbone
+    from tests.tiny import tiny_backbone
 
     torch.save(AutoSAM(tiny_backbone("lite_medsam")).state_dict(), tmp_path / "model.pt")
     datalist = write_datalist(kvasir_datalist(polyp_folder), tmp_path / "dl.json")

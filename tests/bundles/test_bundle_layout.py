@@ -43,7 +43,6 @@ def test_layout_and_metadata(bundle):
     for f in (
         "configs/metadata.json",
         "configs/inference.json",
-        "configs/evaluate.json",
         "configs/logging.conf",
         "docs/README.md",
         "LICENSE",

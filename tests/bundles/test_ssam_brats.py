@@ -71,7 +71,7 @@ def test_real_brats_geometry(tmp_path):
     (every BRATS case names its files alike)."""
     from monai_sam_adapt.data import brats_datalist
     from monai_sam_adapt.networks import SSAM
-    from monai_sam_adapt.sam import TINY_ARCH
+    from tests.tiny import TINY_ARCH
 
     root = data_path("brats2015")
     dl = brats_datalist(root)

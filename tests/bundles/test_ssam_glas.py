@@ -155,7 +155,10 @@ def test_clip_text_encoder_through_the_config(polyp_folder, tmp_path, tiny_clip)
         **tiny(text_encoder=text),
     )
     sd = torch.load(tmp_path / "models" / "model.pt", weights_only=True)
-    assert sd["_extra_state"]["text_encoder"]["text_encoder"] == "open_clip" and sd["tal.proj.weight"].shape[1] == 16
+    assert (
+        sd["_extra_state"]["text_encoder"]["text_encoder"] == "open_clip"
+        and sd["text_affine.proj.weight"].shape[1] == 16
+    )
     with pytest.raises(Exception) as e:  # the same weights with the offline encoder: refused, saying why
         run_workflow(
             BUNDLE,

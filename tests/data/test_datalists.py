@@ -100,8 +100,8 @@ def test_split_by_case():
 
 
 def test_load_datalist_from_dict_resolves_and_checks(tmp_path):
-    from monai_sam_adapt.engines import load_datalist
-    from monai_sam_adapt.transforms import InputError
+    from monai_sam_adapt.data import load_datalist
+    from monai_sam_adapt.errors import InputError
 
     (tmp_path / "a.nii.gz").write_bytes(b"x")
     (tmp_path / "b.nii.gz").write_bytes(b"x")

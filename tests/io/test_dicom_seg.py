@@ -10,7 +10,8 @@ from monai.data import MetaTensor
 from monai.transforms import Compose, Orientationd
 
 from monai_sam_adapt.dicom_seg import SaveDicomSegd, label_frames, read_dicom_series, write_dicom_seg
-from monai_sam_adapt.transforms import InputError, LoadMedicalImaged
+from monai_sam_adapt.errors import InputError
+from monai_sam_adapt.transforms import LoadMedicalImaged
 from tests.conftest import data_path
 
 

@@ -3,9 +3,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from monai_sam_adapt.engines import EmbeddingCache
-from monai_sam_adapt.networks import AutoSAM, AutoSAMLoss, autosam_lite_medsam
-from monai_sam_adapt.sam import TINY_ARCH, CheckpointError, tiny_backbone
+from monai_sam_adapt.errors import CheckpointError
+from monai_sam_adapt.losses import AutoSAMLoss
+from monai_sam_adapt.networks import AutoSAM, autosam_lite_medsam
+from monai_sam_adapt.sam import EmbeddingCache
+from tests.tiny import TINY_ARCH, tiny_backbone
 
 ARCH = TINY_ARCH["vit_b"]
 
@@ -47,15 +49,17 @@ def test_gradients_reach_g_only_and_h_is_detached(prompt_encoder):
     target = (torch.rand(2, 2, 64, 64) > 0.5).float()
     AutoSAMLoss(2)(y, target).backward()
     assert all(p.grad is None for p in net.sam.parameters()), "frozen SAM must receive no gradient"
-    assert all(p.grad is not None for p in net.g.parameters())
-    assert net.g.out.weight.grad.abs().sum() > 0  # zero-initialised output: the inner layers follow from step 2
-    assert all(p.grad is not None for p in net.h.parameters())
+    assert all(p.grad is not None for p in net.image_prompt_encoder.parameters())
+    assert (
+        net.image_prompt_encoder.out.weight.grad.abs().sum() > 0
+    )  # zero-initialised output: the inner layers follow from step 2
+    assert all(p.grad is not None for p in net.surrogate_decoder.parameters())
     # h's loss alone must not move g
     net.zero_grad(set_to_none=True)
     y = net(torch.rand(2, 3, 64, 64))
     AutoSAMLoss(2)(y[:, 2:], target).backward()
-    assert all(p.grad is None or not p.grad.any() for p in net.g.parameters())
-    assert any(p.grad is not None and p.grad.any() for p in net.h.parameters())
+    assert all(p.grad is None or not p.grad.any() for p in net.image_prompt_encoder.parameters())
+    assert any(p.grad is not None and p.grad.any() for p in net.surrogate_decoder.parameters())
     assert not any(m.training for m in net.sam.modules() if m is not net.sam)
 
 
@@ -72,6 +76,23 @@ def test_illegal_arguments():
         AutoSAMLoss(2)(torch.zeros(1, 3, 4, 4), torch.zeros(1, 2, 4, 4))
 
 
+def test_weights_saved_under_the_old_names_g_h_still_load():
+    """Committed AutoSAM weights name g and h ``g.*`` / ``h.*``; they load into ``image_prompt_encoder`` /
+    ``surrogate_decoder``."""
+    net = tiny(1, output="both")
+    torch.nn.init.normal_(net.image_prompt_encoder.out.weight)
+    old = {
+        k.replace("image_prompt_encoder.", "g.", 1).replace("surrogate_decoder.", "h.", 1): v
+        for k, v in net.state_dict().items()
+    }
+    assert any(k.startswith("g.") for k in old) and any(k.startswith("h.") for k in old)
+    other = tiny(1, output="both")
+    assert not other.load_state_dict(old).unexpected_keys
+    torch.testing.assert_close(other.image_prompt_encoder.out.weight, net.image_prompt_encoder.out.weight)
+    for a, b in zip(other.surrogate_decoder.parameters(), net.surrogate_decoder.parameters()):
+        torch.testing.assert_close(a, b)
+
+
 def test_checkpoint_holds_g_and_h_and_refuses_other_backbone(tmp_path):
     net = tiny(1, output="both")
     sd = net.state_dict()
@@ -79,9 +100,9 @@ def test_checkpoint_holds_g_and_h_and_refuses_other_backbone(tmp_path):
     path = tmp_path / "model.pt"
     torch.save(sd, path)
     other = tiny(1, output="both")
-    torch.nn.init.normal_(other.g.out.weight)
+    torch.nn.init.normal_(other.image_prompt_encoder.out.weight)
     other.load_state_dict(torch.load(path, weights_only=True))
-    torch.testing.assert_close(other.g.out.weight, net.g.out.weight)
+    torch.testing.assert_close(other.image_prompt_encoder.out.weight, net.image_prompt_encoder.out.weight)
     different = AutoSAM("vit_b", checkpoint=None, **{**ARCH, "encoder_depth": 1})
     with pytest.raises(CheckpointError, match="trained on backbone 'vit_b'.*Differs: arch"):
         different.load_state_dict(torch.load(path, weights_only=True))
@@ -98,7 +119,7 @@ def test_embedding_cache_hits_misses_and_invalidation(tmp_path):
         calls.append(x.shape[0])
         return sam.encode(x)
 
-    cache = EmbeddingCache(tmp_path, identity=sam.identity)
+    cache = EmbeddingCache(tmp_path, fingerprint=sam.fingerprint)
     x = torch.rand(3, 3, 64, 64)
     first = cache(x, encode)
     again = cache(x, encode)
@@ -112,17 +133,17 @@ def test_embedding_cache_hits_misses_and_invalidation(tmp_path):
     cache(y, encode)
     assert calls == [3, 1]
     # a fresh process reads the disk entries
-    cache2 = EmbeddingCache(tmp_path, identity=sam.identity)
+    cache2 = EmbeddingCache(tmp_path, fingerprint=sam.fingerprint)
     cache2(x, encode)
     assert calls == [3, 1] and cache2.hits == 3
     # another backbone identity (checkpoint, size) never hits
-    cache3 = EmbeddingCache(tmp_path, identity={**sam.identity, "sha256": "other"})
+    cache3 = EmbeddingCache(tmp_path, fingerprint={**sam.fingerprint, "sha256": "other"})
     cache3(x, encode)
     assert calls == [3, 1, 3]
     # a damaged file is a miss and is rewritten
     victim = tmp_path / f"{cache.key(x[0])}.safetensors"
     victim.write_bytes(b"garbage")
-    cache4 = EmbeddingCache(tmp_path, identity=sam.identity, max_entries=0)
+    cache4 = EmbeddingCache(tmp_path, fingerprint=sam.fingerprint, max_entries=0)
     cache4(x, encode)
     assert calls[-1] == 1 and len(cache4) == 0
     with pytest.raises(ValueError):
@@ -145,7 +166,7 @@ def test_factory_parameter_counts():
     cnn = autosam_lite_medsam(prompt_encoder="cnn", checkpoint=None)
     n_sam = sum(p.numel() for p in head.sam.parameters())
     for net in (head, cnn):
-        g = sum(p.numel() for p in net.g.parameters())
+        g = sum(p.numel() for p in net.image_prompt_encoder.parameters())
         assert g < 1_000_000, "far fewer than the reference HarDNet-85's 41.6 M"
-        assert net.trainable_parameters() == g + sum(p.numel() for p in net.h.parameters())
+        assert net.trainable_parameters() == g + sum(p.numel() for p in net.surrogate_decoder.parameters())
     assert n_sam > 9_000_000

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from monai_sam_adapt.networks import PromptedSAM
-from monai_sam_adapt.sam import tiny_backbone
+from tests.tiny import tiny_backbone
 
 
 @pytest.mark.parametrize("multimask", [False, True])

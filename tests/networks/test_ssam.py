@@ -6,9 +6,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from monai_sam_adapt.networks import SSAM, CLIPTextEncoder, LabelIndexEncoder, UnknownLabelError
-from monai_sam_adapt.sam import TINY_ARCH, CheckpointError, FrozenSAM, tiny_backbone
+from monai_sam_adapt.errors import CheckpointError, UnknownLabelError
+from monai_sam_adapt.networks import SSAM, CLIPTextEncoder, LabelIndexEncoder
+from monai_sam_adapt.sam import FrozenSAM
 from monai_sam_adapt.transforms import AssembleLabels
+from tests.tiny import TINY_ARCH, tiny_backbone
 
 LABELS = ["liver", "tumor"]
 
@@ -33,7 +35,7 @@ def test_identity_at_init_only_intended_parameters_train_merge(name):
     for n in trainable:
         last = n.split(".")[-1]
         assert (
-            n.startswith("tal.")
+            n.startswith("text_affine.")
             or last in ("A", "B", "pos_embed", "attention_biases")
             or (last in allowed and ("norm" in n or ".bn" in n or "neck.1" in n or "neck.3" in n))
         ), n
@@ -44,7 +46,7 @@ def test_identity_at_init_only_intended_parameters_train_merge(name):
     out = net(x)
     assert out.shape == (2, 2, sam.image_size, sam.image_size)
     out.mean().backward()
-    assert net.tal.proj.weight.grad is not None and net.tal.proj.weight.grad.abs().sum() > 0
+    assert net.text_affine.proj.weight.grad is not None and net.text_affine.proj.weight.grad.abs().sum() > 0
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for n, p in net.named_parameters() if n.endswith(".A"))
     if name == "lite_medsam":  # TinyViT's attention biases are cached in eval mode; training must still reach them
         assert any(p.grad is not None for n, p in net.named_parameters() if n.endswith("attention_biases"))
@@ -88,7 +90,10 @@ def test_clip_text_encoder_from_local_file(tiny_clip, tmp_path):
     torch.testing.assert_close(feats.norm(dim=-1), torch.ones(2))
     assert not any(p.requires_grad for p in text.parameters())
     net = SSAM(tiny_backbone("vit_b"), label_names=LABELS, text_encoder=text)
-    assert net.tal.proj.in_features == 16 and net.checkpoint_identity()["text_encoder"]["text_encoder"] == "open_clip"
+    assert (
+        net.text_affine.proj.in_features == 16
+        and net.checkpoint_fingerprint()["text_encoder"]["text_encoder"] == "open_clip"
+    )
     assert net(torch.rand(1, 3, 64, 64)).shape == (1, 2, 64, 64)
     with pytest.raises(CheckpointError, match="does not exist"):
         CLIPTextEncoder(tmp_path / "absent.pt", model_config=cfg)
@@ -166,7 +171,9 @@ def test_full_size_vit_b_share_at_most_half_a_percent():
         clip_tal = torch.nn.Linear(512, 256)
     c = net.count_parameters()
     trainable = (
-        c["trainable"] - sum(p.numel() for p in net.tal.parameters()) + sum(p.numel() for p in clip_tal.parameters())
+        c["trainable"]
+        - sum(p.numel() for p in net.text_affine.parameters())
+        + sum(p.numel() for p in clip_tal.parameters())
     )
     assert c["total"] > 90_000_000 and trainable / c["total"] <= 0.005
     assert net.sam.image_encoder.pos_embed.shape == (1, 16, 16, 768) and net.sam.embedding_size == (16, 16)

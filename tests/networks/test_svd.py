@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from monai_sam_adapt.networks.svd import LoRAAdapter, SVDAdapter, adapt_encoder, count_parameters, merge_adapters
-from monai_sam_adapt.sam import tiny_backbone
+from tests.tiny import tiny_backbone
 
 
 @pytest.mark.parametrize("name", ["vit_b", "lite_medsam"])

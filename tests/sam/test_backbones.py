@@ -5,14 +5,9 @@ import pickle
 import pytest
 import torch
 
-from monai_sam_adapt.sam import (
-    BACKBONES,
-    CheckpointError,
-    FrozenSAM,
-    file_sha256,
-    lite_medsam_checkpoint,
-    tiny_backbone,
-)
+from monai_sam_adapt.errors import CheckpointError
+from monai_sam_adapt.sam import BACKBONES, FrozenSAM, file_sha256, lite_medsam_checkpoint
+from tests.tiny import tiny_backbone
 
 
 @pytest.mark.parametrize("name", ["vit_b", "vit_l", "vit_h", "lite_medsam"])
@@ -90,11 +85,11 @@ def test_checkpoint_round_trip_and_safetensors(tmp_path):
     torch.nn.init.normal_(src.mask_decoder.iou_token.weight)
     path = tmp_path / "tiny.pth"
     torch.save({"model": src.state_dict()}, path)  # wrapped, as training scripts save them
-    from monai_sam_adapt.sam import TINY_ARCH
+    from tests.tiny import TINY_ARCH
 
     dst = FrozenSAM("vit_b", checkpoint=path, **TINY_ARCH["vit_b"])
     torch.testing.assert_close(dst.mask_decoder.iou_token.weight, src.mask_decoder.iou_token.weight)
-    assert dst.checkpoint_sha256 == file_sha256(path) and dst.identity["sha256"] == dst.checkpoint_sha256
+    assert dst.checkpoint_sha256 == file_sha256(path) and dst.fingerprint["sha256"] == dst.checkpoint_sha256
     st = tmp_path / "tiny.safetensors"
     save_file({k: v.contiguous() for k, v in src.state_dict().items()}, str(st))
     dst2 = FrozenSAM("vit_b", checkpoint=st, **TINY_ARCH["vit_b"])
@@ -102,7 +97,7 @@ def test_checkpoint_round_trip_and_safetensors(tmp_path):
 
 
 def test_checkpoint_errors_name_the_file(tmp_path):
-    from monai_sam_adapt.sam import TINY_ARCH
+    from tests.tiny import TINY_ARCH
 
     missing = tmp_path / "nope.pth"
     with pytest.raises(CheckpointError, match="nope.pth.*does not exist"):

@@ -8,15 +8,16 @@ import pytest
 import torch
 from PIL import Image
 
-from monai_sam_adapt.sam import tiny_backbone
 from monai_sam_adapt.serving.app import served_bundles
+from monai_sam_adapt.serving.bundle_task import BundleSegmentationTask
+from monai_sam_adapt.serving.bundle_training import BundleTrainingTask
 from monai_sam_adapt.serving.datastore import CheckedLocalDatastore, label_names_of
 from monai_sam_adapt.serving.errors import RequestError
-from monai_sam_adapt.serving.infer import BundleInferTask, InteractiveSAMTask, click_box
-from monai_sam_adapt.serving.train import BundleTrainTask
+from monai_sam_adapt.serving.interactive import InteractiveSAMTask, click_box
 from tests.bundles.helpers import REPO
 from tests.bundles.test_ssam_lits import synthetic_lits
 from tests.serving.helpers import oblique_volume, tiny_bundle
+from tests.tiny import tiny_backbone
 
 
 def dice(a, b):
@@ -137,7 +138,7 @@ def test_click_box_grows_clicks_or_spans_the_region():
 
 
 def test_bundle_task_keeps_geometry_and_refuses_bad_files(tmp_path):
-    task = BundleInferTask(tiny_bundle(tmp_path / "bundles"), device="cpu")
+    task = BundleSegmentationTask(tiny_bundle(tmp_path / "bundles"), device="cpu")
     assert task.info()["labels"] == {"liver": 1, "tumor": 2} and task.info()["type"] == "segmentation"
     vol = oblique_volume(tmp_path / "studies" / "v.nii.gz")
     out, params = task({"image": str(vol)})
@@ -157,14 +158,14 @@ def test_training_from_the_datastore_runs_the_bundle_train_json(tmp_path):
     for i in range(1, 4):
         store.add_image(f"case{i}", str(src / f"volume-{i}.nii.gz"), {})
         store.save_label(f"case{i}", str(src / f"segmentation-{i}.nii.gz"), "final", {})
-    task = BundleTrainTask(bundle, ckpt_dir=tmp_path / "model" / "ct", output_dir=tmp_path / "runs")
+    task = BundleTrainingTask(bundle, ckpt_dir=tmp_path / "model" / "ct", output_dir=tmp_path / "runs")
     with pytest.raises(RequestError, match="'max_epochs' must be int, got 'many'") as e:
         task({"max_epochs": "many"}, store)
     assert e.value.status == 400
     stats = task({"max_epochs": "1", "batch_size": 1}, store)  # form fields arrive as text
     assert stats["epochs"] == 1 and stats["train_images"] == 2 and stats["val_images"] == 1
     assert (tmp_path / "model" / "ct" / "model.pt").is_file()
-    served = BundleInferTask(bundle, device="cpu", trained_path=tmp_path / "model" / "ct" / "model.pt")
+    served = BundleSegmentationTask(bundle, device="cpu", trained_path=tmp_path / "model" / "ct" / "model.pt")
     assert served.model_path == tmp_path / "model" / "ct" / "model.pt"
 
 
@@ -203,7 +204,7 @@ def test_segment_names_come_from_the_request_or_the_served_models():
 
 def test_a_multichannel_bundle_takes_one_image_with_all_its_channels(tmp_path):
     names = ("necrosis", "edema", "non-enhancing tumor", "enhancing tumor")
-    task = BundleInferTask(tiny_bundle(tmp_path / "bundles", "ssam_brats", labels=names), device="cpu")
+    task = BundleSegmentationTask(tiny_bundle(tmp_path / "bundles", "ssam_brats", labels=names), device="cpu")
     assert task.info()["labels"] == {n: v for v, n in enumerate(names, start=1)}
     one = oblique_volume(tmp_path / "flair.nii.gz")
     with pytest.raises(RequestError, match=r"needs 2 channels \['FLAIR', 'T1c'\]") as e:
@@ -223,7 +224,8 @@ def test_documented_server_command_uses_this_interpreter_and_our_app(capsys):
     import sys
 
     from monai_sam_adapt.serving.__main__ import main
-    from monai_sam_adapt.serving.launch import APP_DIR, label_server_command
+    from monai_sam_adapt.serving.launch import APP_DIR
+    from tests.serving.stack import label_server_command
 
     assert main(["--studies", "/data/images", "--conf", "models", "ssam_glas", "--dry_run", "--workers", "1"]) == 0
     cmd = capsys.readouterr().out.split()

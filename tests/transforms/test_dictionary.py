@@ -6,12 +6,12 @@ import torch
 from monai.data import MetaTensor
 from monai.transforms import Compose, Invertd
 
+from monai_sam_adapt.errors import InputError
 from monai_sam_adapt.transforms import (
     BoxFromLabeld,
     CheckImageLabeld,
     CTWindowd,
     EnsureThreeChannelsd,
-    InputError,
     LoadMedicalImaged,
     RandSliced,
     SAMPreprocessd,

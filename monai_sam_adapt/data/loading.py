@@ -1,4 +1,5 @@
-"""Datalist checks run before a workflow spends time on the network."""
+"""A bundle's datalist as the list of items a workflow runs on: read, resolved against ``dataset_dir`` and checked
+before any time is spent on the network."""
 
 from __future__ import annotations
 
@@ -9,9 +10,9 @@ from pathlib import Path
 from monai.data import load_decathlon_datalist
 from monai.utils import ensure_tuple
 
-from ..transforms.dictionary import InputError
+from ..errors import InputError
 
-__all__ = ["LAYOUTS", "attach_resume", "check_datalist", "from_engine_channel", "label_metrics", "load_datalist"]
+__all__ = ["LAYOUTS", "check_datalist", "load_datalist"]
 
 #: Dataset layouts a bundle's ``datalist`` may name instead of a JSON file: the datalist is then made from
 #: ``dataset_dir`` by the matching :mod:`monai_sam_adapt.data` function (LiTS and BRATS folders, split by case).
@@ -56,9 +57,9 @@ def load_datalist(
     if not Path(dataset_dir).is_dir():
         raise InputError(f"dataset_dir {str(dataset_dir)!r} does not exist.")
     if isinstance(datalist, str) and datalist in LAYOUTS and not Path(datalist).is_file():
-        from .. import data
+        from . import datalists
 
-        datalist = getattr(data, f"{datalist}_datalist")(dataset_dir)
+        datalist = getattr(datalists, f"{datalist}_datalist")(dataset_dir)
     if isinstance(datalist, dict):
         if key not in datalist:
             raise InputError(f"datalist has no {key!r} list (it has {sorted(datalist)}).")
@@ -79,46 +80,3 @@ def load_datalist(
     except (ValueError, KeyError) as e:
         raise InputError(f"datalist {str(datalist)!r}: {e}") from e
     return check_datalist(data, keys, required, source=f"datalist {str(datalist)!r} [{key}]")
-
-
-def attach_resume(engine, checkpoint: str | os.PathLike | None, load_dict: dict, map_location=None) -> None:
-    """Resume ``engine`` from ``checkpoint`` (MONAI ``CheckpointLoader``) when a path is given; do nothing for ``None``
-    or ``""``, so a bundle's ``resume_from`` can default to ``null``."""
-    if not checkpoint:
-        return
-    if not Path(checkpoint).is_file():
-        raise InputError(f"resume_from checkpoint {str(checkpoint)!r} does not exist.")
-    from monai.handlers import CheckpointLoader
-
-    CheckpointLoader(str(checkpoint), load_dict, map_location=map_location).attach(engine)
-
-
-def label_metrics(label_names: Sequence[str], pred_key: str = "pred", label_key: str = "label") -> dict:
-    """One MONAI ``MeanDice`` handler per label channel, named ``val_dice_<label>`` (non-alphanumerics as ``_``), for a
-    bundle's ``additional_metrics``; empty for a single label, whose Dice is the bundle's mean Dice already."""
-    import re
-
-    from monai.handlers import MeanDice
-
-    names = list(label_names)
-    if len(names) < 2:
-        return {}
-    return {
-        f"val_dice_{re.sub(r'[^0-9A-Za-z]+', '_', n).strip('_')}": MeanDice(
-            include_background=True, output_transform=from_engine_channel([pred_key, label_key], i)
-        )
-        for i, n in enumerate(names)
-    }
-
-
-def from_engine_channel(keys: Sequence[str] = ("pred", "label"), channel: int = 0):
-    """``monai.handlers.from_engine`` restricted to one channel of each item: a metric per label
-    (``"output_transform": "$monai_sam_adapt.engines.from_engine_channel(['pred', 'label'], 1)"``)."""
-    from monai.handlers import from_engine
-
-    get = from_engine(list(keys))
-
-    def _transform(output):
-        return tuple([x[channel : channel + 1] for x in items] for items in get(output))
-
-    return _transform

