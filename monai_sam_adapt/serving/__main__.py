@@ -10,6 +10,7 @@ otherwise. ``--conf KEY VALUE`` pairs go to the app (``models``, ``bundles``, ``
 from __future__ import annotations
 
 import argparse
+import os
 import subprocess
 import sys
 from collections.abc import Sequence
@@ -34,6 +35,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.dry_run:
         print(" ".join(cmd))
         return 0
+    if os.name == "posix":  # become the server: signals and exit status reach MONAI Label itself
+        sys.stdout.flush()
+        os.execv(cmd[0], cmd)
     return subprocess.call(cmd)
 
 

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 from monai_sam_adapt.bundle import bundle_workflow
@@ -28,6 +32,24 @@ def run_workflow(bundle: str, config: str, **override):
     finally:
         wf.finalize()
     return wf
+
+
+def run_ddp_training(bundle: str, args: dict, workdir: Path, port_offset: int = 0):
+    """``torchrun --nproc_per_node=2 -m monai.bundle run training`` of ``bundle`` with the shared
+    ``multi_gpu_train.json`` (gloo on CPU) and ``args`` as its args file; the finished process."""
+    (workdir / "args.json").write_text(json.dumps(args))
+    cfg = f"bundles/{bundle}/configs"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port"]
+    port = str(29500 + (os.getpid() + port_offset) % 1000)
+    cmd += [port, "-m", "monai.bundle", "run", "training", "--config_file"]
+    cmd += [
+        f"['{cfg}/train.json','bundles/common/configs/multi_gpu_train.json']",
+        "--meta_file",
+        f"{cfg}/metadata.json",
+    ]
+    cmd += ["--logging_file", f"{cfg}/logging.conf", "--args_file", str(workdir / "args.json")]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600, env=env)
 
 
 def chain(e: BaseException) -> str:

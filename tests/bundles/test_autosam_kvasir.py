@@ -1,17 +1,12 @@
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
-
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
 from monai_sam_adapt.data import kvasir_datalist, write_datalist
-from tests.bundles.helpers import REPO, chain, read_metrics, run_workflow, tiny_network_override
+from tests.bundles.helpers import chain, read_metrics, run_ddp_training, run_workflow, tiny_network_override
 
 BUNDLE = "autosam_kvasir"
 
@@ -118,30 +113,7 @@ def test_ddp_two_cpu_processes(polyp_folder, tmp_path):
         "cache_dir": str(tmp_path / "cache"),
         **tiny(output="both", cache=str(tmp_path / "cache")),
     }
-    (tmp_path / "args.json").write_text(json.dumps(args))
-    cfg = f"bundles/{BUNDLE}/configs"
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nproc_per_node=2",
-        "--master_port",
-        str(29500 + os.getpid() % 1000),
-        "-m",
-        "monai.bundle",
-        "run",
-        "training",
-        "--config_file",
-        f"['{cfg}/train.json','bundles/common/configs/multi_gpu_train.json']",
-        "--meta_file",
-        f"{cfg}/metadata.json",
-        "--logging_file",
-        f"{cfg}/logging.conf",
-        "--args_file",
-        str(tmp_path / "args.json"),
-    ]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    res = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600, env=env)
+    res = run_ddp_training(BUNDLE, args, tmp_path, port_offset=0)
     assert res.returncode == 0, res.stderr[-4000:]
     assert (tmp_path / "models" / "model.pt").exists()
     assert "Epoch[2] Metrics" in res.stdout + res.stderr

@@ -7,11 +7,12 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
 import time
 import urllib.request
 from pathlib import Path
 
-from monai_sam_adapt.serving.launch import APP_DIR, server_command
+from monai_sam_adapt.serving.launch import APP_DIR
 from monai_sam_adapt.serving.orthanc import free_port, wait_http
 
 __all__ = ["CHROMIUM_ARGS", "label_server_command", "screenshot_study", "start_label_server", "upload_instances"]
@@ -20,10 +21,20 @@ __all__ = ["CHROMIUM_ARGS", "label_server_command", "screenshot_study", "start_l
 def label_server_command(
     app: str | Path, studies: str, port: int, models: str = "all", bundles: str | Path | None = None
 ) -> list[str]:
-    """:func:`server_command` bound to 127.0.0.1 serving ``models`` (and the bundles of folder ``bundles``)."""
-    return server_command(
-        studies, app, "127.0.0.1", port, {"models": models, **({"bundles": bundles} if bundles else {})}
-    )
+    """The README's one command, ``python -m monai_sam_adapt.serving``, serving ``models`` (and the bundles of folder
+    ``bundles``) on 127.0.0.1 with the app folder ``app``: the server the tests start is the one users start."""
+    conf = ["--conf", "models", models] + (["--conf", "bundles", str(bundles)] if bundles else [])
+    return [
+        sys.executable,
+        "-m",
+        "monai_sam_adapt.serving",
+        "--studies",
+        studies,
+        "--app",
+        str(app),
+        "--port",
+        str(port),
+    ] + conf
 
 
 def start_label_server(
