@@ -198,6 +198,7 @@ class SaveDicomSegd(MapTransform):
         output_dir: output folder.
         label_names / label_values: segment names and their label values.
         source_key: the key whose ``meta["filename_or_obj"]`` is the DICOM series. Default ``"image"``.
+        overwrite: replace an existing SEG file; otherwise it is refused with :class:`InputError`. Default ``False``.
     """
 
     def __init__(
@@ -207,9 +208,11 @@ class SaveDicomSegd(MapTransform):
         label_names: Sequence[str],
         label_values: Sequence[int] | None = None,
         source_key: str = "image",
+        overwrite: bool = False,
         allow_missing_keys: bool = False,
     ) -> None:
         super().__init__(keys, allow_missing_keys)
+        self.overwrite = bool(overwrite)
         self.output_dir, self.names, self.values, self.source_key = (
             Path(output_dir),
             label_names,
@@ -226,6 +229,12 @@ class SaveDicomSegd(MapTransform):
         name = Path(str(source).rstrip("/")).name.split(".")[0]
         for key in self.key_iterator(d):
             suffix = "_seg" if key == self.first_key(d) else f"_{key}_seg"
+            out = self.output_dir / f"{name}{suffix}.dcm"
+            if out.exists() and not self.overwrite:
+                raise InputError(
+                    f"DICOM SEG {str(out)!r} (for {str(source)!r}) already exists; nothing was overwritten. "
+                    "Choose another output_dir, or pass --overwrite true to replace it."
+                )
             write_dicom_seg(
                 _as_volume(d[key]), source, self.output_dir / f"{name}{suffix}.dcm", self.names, self.values
             )

@@ -1,5 +1,6 @@
-"""Writing files that are never left half-written (:func:`atomic_write`, the one place that does it), and image
-writers built on it that read PNG masks in the orientation we load them."""
+"""Writing files that are never left half-written (:func:`atomic_write`, the one place that does it), image writers
+built on it (PNG masks in the orientation we load them), and where predictions go (:class:`ConfinedFolderLayout`:
+inside the output folder, never over an existing file)."""
 
 from __future__ import annotations
 
@@ -7,10 +8,11 @@ import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
-from monai.data import ITKWriter, NibabelWriter, PILWriter
+from monai.data import FolderLayout, ITKWriter, NibabelWriter, PILWriter
 
-__all__ = ["AtomicITKWriter", "AtomicNibabelWriter", "PILMaskWriter", "atomic_write"]
+__all__ = ["AtomicITKWriter", "AtomicNibabelWriter", "ConfinedFolderLayout", "PILMaskWriter", "atomic_write"]
 
 
 @contextmanager
@@ -58,3 +60,72 @@ class AtomicNibabelWriter(_AtomicWriteMixin, NibabelWriter):
 
 class AtomicITKWriter(_AtomicWriteMixin, ITKWriter):
     """MONAI's ``ITKWriter`` (NRRD, MHA, ... when ``itk`` is installed), written atomically."""
+
+
+def _stem(path: Path) -> str:
+    """A file's name without its image extensions (``case.nii.gz`` -> ``case``); a folder's (DICOM series) name."""
+    name = path.name
+    for ext in (".nii.gz", ".nii", ".nrrd", ".dcm", ".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".npy", ".npz"):
+        if name.lower().endswith(ext):
+            return name[: -len(ext)]
+    return path.stem if path.suffix and not path.is_dir() else name
+
+
+class ConfinedFolderLayout(FolderLayout):
+    """MONAI's ``FolderLayout`` for predictions that never land outside ``output_dir`` and never overwrite a file.
+
+    An input inside ``data_root_dir`` keeps its relative folder (``x/case.jpg`` and ``y/case.jpg`` give ``x/case.png``
+    and ``y/case.png``); an input outside it (an absolute path or ``../`` in the datalist) is written directly under
+    ``output_dir`` with a short hash of its full path in the name, so that it cannot collide and cannot escape. An
+    existing output file (a previous run, or an expert label in a folder given as ``output_dir``) raises
+    :class:`~monai_sam_adapt.errors.InputError` naming it unless ``overwrite`` is true.
+
+    Args:
+        output_dir: the only folder written to.
+        postfix: appended to the input's name (e.g. ``"seg"`` -> ``case_seg.nii.gz``). Default ``""``.
+        extension: output extension, e.g. ``".nii.gz"``. Default ``""``.
+        data_root_dir: the dataset folder whose sub-folders are kept. Default ``""`` (names only).
+        overwrite: replace existing outputs. Default ``False``.
+    """
+
+    def __init__(
+        self,
+        output_dir: str | os.PathLike,
+        postfix: str = "",
+        extension: str = "",
+        data_root_dir: str | os.PathLike = "",
+        overwrite: bool = False,
+    ) -> None:
+        super().__init__(str(output_dir), postfix=postfix, extension=extension, parent=False, makedirs=False)
+        self.root = Path(data_root_dir).resolve() if data_root_dir else None
+        self.overwrite = bool(overwrite)
+
+    def filename(self, subject: Any = "subject", idx: Any = None, **kwargs: Any) -> str:
+        import hashlib
+
+        from .errors import InputError
+
+        out_dir = Path(self.output_dir).resolve()
+        src = Path(str(subject))
+        parent = Path()
+        name = _stem(src)
+        full = src.resolve()
+        if self.root is not None and full.is_relative_to(self.root):
+            parent = full.parent.relative_to(self.root)
+        elif src.is_absolute() or ".." in src.parts or self.root is not None:
+            name = f"{name}-{hashlib.sha1(str(full).encode()).hexdigest()[:8]}"  # outside the dataset: unique here
+        name += f"_{self.postfix}" if self.postfix else ""
+        name += f"_{idx}" if idx is not None else ""
+        for k, v in kwargs.items():
+            name += f"_{k}-{v}"
+        ext = str(self.ext or "")
+        out = out_dir / parent / (name + (f".{ext}" if ext and not ext.startswith(".") else ext))
+        if not out.resolve().is_relative_to(out_dir):
+            raise InputError(f"output for {str(subject)!r} would be written outside output_dir {str(out_dir)!r}.")
+        if out.exists() and not self.overwrite:
+            raise InputError(
+                f"output {str(out)!r} (for input {str(subject)!r}) already exists; nothing was overwritten. "
+                "Choose another output_dir, or pass --overwrite true to replace it."
+            )
+        out.parent.mkdir(parents=True, exist_ok=True)
+        return str(out)

@@ -37,7 +37,7 @@ INFER_KEYS: dict[str, str] = {
     "datalist": "a datalist JSON file, or a layout name of monai_sam_adapt.data.LAYOUTS",
     "data": "the list of {'image': ...} items to run on",
     "num_workers": "DataLoader workers",
-    "output_dir": "where predictions (inference) or metrics (evaluate) are written",
+    "output_dir": "where predictions (inference) or metrics (evaluate) are written; nothing is written elsewhere",
     "model_path": "the weights loaded into network (null: a bundle without trained weights)",
     "network_def": "the network, built once",
     "network": "network_def on the device",
@@ -75,6 +75,7 @@ OPTIONAL_KEYS: dict[str, str] = {
     "slice_axis": "present in 3D bundles: volumes are sliced along it, and served as volumes (NIfTI out)",
     "label_values": "label value of each name of metadata's channel_def (default 1..K)",
     "input_channels": "names of the channels a bundle reads from separate files (served: one multi-channel image)",
+    "overwrite": "inference: replace existing outputs in output_dir (default false: an existing file is refused)",
 }
 #: What :class:`monai_sam_adapt.serving.bundle_task.BundleSegmentationTask` overrides in ``inference.json`` per request.
 SERVING_OVERRIDES = (

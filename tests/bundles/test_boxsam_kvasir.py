@@ -46,7 +46,7 @@ def test_evaluate_and_inference_tiny(polyp_folder, tmp_path):
         **TINY,
     )
     for name in ("case4", "case5"):
-        mask = np.asarray(Image.open(pred / f"{name}.png"))
+        mask = np.asarray(Image.open(pred / "images" / f"{name}.png"))
         src = Image.open(polyp_folder / "images" / f"{name}.png")
         assert mask.shape == (src.height, src.width)  # on the input's own grid (rows, columns)
         assert set(np.unique(mask)) <= {0, 255}

@@ -76,7 +76,7 @@ def test_train_evaluate_infer_tiny(polyp_folder, tmp_path, method):
         **tiny(method),
     )
     for name in ("case4", "case5"):
-        mask = np.asarray(Image.open(pred / f"{name}.png"))
+        mask = np.asarray(Image.open(pred / "images" / f"{name}.png"))
         src = Image.open(polyp_folder / "images" / f"{name}.png")
         assert mask.shape == (src.height, src.width)
 

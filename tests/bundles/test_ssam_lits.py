@@ -96,6 +96,25 @@ def test_train_evaluate_infer_synthetic(tmp_path, rng):
     run_workflow(BUNDLE, "inference.json", output_dir=str(pred), model_path=str(model), **common, **tiny())
     check_prediction(pred, root / dl["testing"][0]["image"])
 
+    # a volume outside dataset_dir with an expert label beside it named as our prediction would be: never touched
+    outside = synthetic_lits(tmp_path / "other_hospital", rng, n=1, start=9) / "volume-9.nii.gz"
+    victim = outside.parent / "volume-9_seg.nii.gz"
+    victim.write_bytes((outside.parent / "segmentation-9.nii.gz").read_bytes())
+    before = victim.read_bytes()
+    pred2 = tmp_path / "pred2"
+    run_workflow(
+        BUNDLE,
+        "inference.json",
+        output_dir=str(pred2),
+        model_path=str(model),
+        **common,
+        **tiny(),
+        datalist={"testing": [{"image": str(outside)}]},
+    )
+    assert victim.read_bytes() == before
+    (written,) = [p for p in pred2.rglob("*") if p.is_file()]
+    assert written.parent == pred2 and written.name.startswith("volume-9-") and written.name.endswith("_seg.nii.gz")
+
 
 def test_users_command_on_real_ct_in_lits_layout(tmp_path, rng):
     """``python -m monai.bundle run training --config_file bundles/ssam_lits/configs/train.json --dataset_dir D``,

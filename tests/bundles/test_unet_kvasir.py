@@ -37,5 +37,57 @@ def test_train_evaluate_infer_tiny(polyp_folder, tmp_path):
     run_workflow(BUNDLE, "evaluate.json", output_dir=str(tmp_path / "ev"), model_path=str(model), **common)
     assert {"val_mean_dice", "val_mean_iou", "val_hd95"} <= set(read_metrics(tmp_path / "ev" / "metrics.csv"))
     run_workflow(BUNDLE, "inference.json", output_dir=str(tmp_path / "pred"), model_path=str(model), **common)
-    mask = np.asarray(Image.open(tmp_path / "pred" / "case4.png"))
+    mask = np.asarray(Image.open(tmp_path / "pred" / "images" / "case4.png"))
     assert mask.shape == (40, 72)
+
+
+def test_predictions_stay_in_output_dir_never_collide_never_overwrite(polyp_folder, tmp_path):
+    """Issue 14's first finding: a datalist entry outside dataset_dir, two inputs with the same name in different
+    folders, and a second run into the same output folder."""
+    import shutil
+
+    import pytest
+    import torch
+    from monai.networks.nets import UNet
+
+    from monai_sam_adapt.errors import InputError
+    from tests.bundles.helpers import chain
+
+    net = UNet(**{k: v for k, v in TINY["network_def"].items() if k != "_target_"})
+    torch.save({"model": net.state_dict()}, tmp_path / "model.pt")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    shutil.copy(polyp_folder / "images" / "case4.png", elsewhere / "case4.png")
+    victim = elsewhere / "case4_expert.png"  # stands for an expert label beside the input
+    shutil.copy(polyp_folder / "masks" / "case4.png", victim)
+    (polyp_folder / "other").mkdir()
+    shutil.copy(polyp_folder / "images" / "case5.png", polyp_folder / "other" / "case4.png")  # same name, other folder
+    datalist = {
+        "testing": [
+            {"image": "images/case4.png"},
+            {"image": "other/case4.png"},
+            {"image": str(elsewhere / "case4.png")},  # absolute: outside dataset_dir
+        ]
+    }
+    before = victim.read_bytes()
+    out = tmp_path / "pred"
+    common = dict(
+        dataset_dir=str(polyp_folder), datalist=datalist, num_workers=0, model_path=str(tmp_path / "model.pt")
+    )
+    run_workflow(BUNDLE, "inference.json", output_dir=str(out), **common, **TINY)
+    written = sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file())
+    outside = [w for w in written if "/" not in w]
+    assert sorted(set(written) - set(outside)) == ["images/case4.png", "other/case4.png"] and len(outside) == 1
+    assert outside[0].startswith("case4-") and outside[0].endswith(".png")  # outside the dataset: a unique name, here
+    assert victim.read_bytes() == before and sorted(p.name for p in elsewhere.iterdir()) == [
+        "case4.png",
+        "case4_expert.png",
+    ]
+    first = (out / "images" / "case4.png").read_bytes()
+    with pytest.raises(Exception) as e:
+        run_workflow(BUNDLE, "inference.json", output_dir=str(out), **common, **TINY)
+    assert isinstance(e.value, InputError) or "already exists" in chain(e.value)
+    assert "images/case4.png" in chain(e.value) and "--overwrite true" in chain(e.value)
+    assert (out / "images" / "case4.png").read_bytes() == first
+    run_workflow(BUNDLE, "inference.json", output_dir=str(out), overwrite=True, **common, **TINY)
+    assert not [p for p in out.rglob(".partial-*")]
