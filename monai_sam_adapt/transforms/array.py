@@ -125,7 +125,9 @@ class SelectLabels(Transform):
             label values (one channel each); or a mapping ``name -> value or list of values`` whose channels merge
             values (``{"liver": [1, 2], "tumor": [2]}``). Default ``None``.
         threshold: if given, values above it are foreground before anything else (JPEG masks are noisy: use 127).
-            Default ``None``.
+            A mask that is not on that scale is never silently emptied: a 0/1 mask (every value 0 or 1) is read as
+            0/1; any other mask with values but none above ``threshold`` (e.g. 0/1/2 label values) raises
+            ``ValueError`` saying what it holds. Default ``None``.
         reduce_channels: a multi-channel label (an RGB mask) is first reduced to one channel by its maximum.
             Default ``True``.
 
@@ -158,7 +160,17 @@ class SelectLabels(Transform):
                 raise ValueError(f"expected a single-channel label, got {label.shape[0]} channels.")
             label = label.max(0, keepdim=True).values
         if self.threshold is not None:
-            label = (label > self.threshold).to(torch.uint8)
+            above = label > self.threshold
+            if not bool(above.any()) and bool((label != 0).any()):
+                values = torch.unique(label)
+                if not bool(((values == 0) | (values == 1)).all()):
+                    shown = [round(float(v), 3) for v in values[:8]]
+                    raise ValueError(
+                        f"label values {shown}{'...' if len(values) > 8 else ''} are not a 0/255 mask: none is above "
+                        f"the threshold {self.threshold}, so it would be empty. Give a binary mask (0/255 or 0/1)."
+                    )
+                above = label > 0  # a 0/1 mask: its ones are the foreground
+            label = above.to(torch.uint8)
         if self.values is None:
             return (label != 0).float()
         chans = [torch.isin(label[0], torch.as_tensor(v, device=label.device)) for v in self.values]

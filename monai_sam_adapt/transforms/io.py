@@ -4,9 +4,11 @@
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 from typing import Any
 
+import torch
 from monai.config import KeysCollection
 from monai.data import ImageReader, NibabelReader, NrrdReader, NumpyReader, PILReader, PydicomReader
 from monai.transforms import LoadImage, MapTransform
@@ -33,14 +35,22 @@ class LoadMedicalImage(LoadImage):
     missing file, an empty folder, an unreadable or corrupt file, or a corrupt slice of a DICOM series raises
     :class:`~monai_sam_adapt.errors.InputError` naming it.
 
+    Voxels that are not finite (NaN, Inf) would spread through every normalisation to the whole image and blank the
+    result without a word: by default they are refused with the file and their count.
+
     Args:
         what: how the file is named in messages (e.g. ``"image"``, ``"label"``). Default ``"image"``.
+        nonfinite: ``"error"`` (refuse), or ``"zero"`` (replace them by 0, with a warning). Default ``"error"``.
         kwargs: passed to MONAI's ``LoadImage``.
     """
 
-    def __init__(self, what: str = "image", ensure_channel_first: bool = True, **kwargs: Any) -> None:
+    def __init__(
+        self, what: str = "image", ensure_channel_first: bool = True, nonfinite: str = "error", **kwargs: Any
+    ) -> None:
+        if nonfinite not in ("error", "zero"):
+            raise ValueError(f"nonfinite must be 'error' or 'zero', got {nonfinite!r}.")
         super().__init__(image_only=True, ensure_channel_first=ensure_channel_first, **kwargs)
-        self.what = what
+        self.what, self.nonfinite = what, nonfinite
         self.readers_by_format: dict[str, ImageReader] = {
             "2d": PILReader(reverse_indexing=False),
             "nifti": NibabelReader(),
@@ -72,11 +82,25 @@ class LoadMedicalImage(LoadImage):
                 if os.path.isdir(path) and not any(Path(path).iterdir()):
                     raise InputError(f"{self.what} folder {str(path)!r} is empty (expected a DICOM series).")
         try:
-            return super().__call__(filename, reader or self.reader_for(filename))
+            img = super().__call__(filename, reader or self.reader_for(filename))
         except InputError:
             raise
         except Exception as e:
             raise InputError(f"cannot read {self.what} file {str(filename)!r}: {_explain(filename, e)}") from e
+        if img.is_floating_point():
+            bad = ~torch.isfinite(img)
+            count = int(bad.sum())
+            if count and self.nonfinite == "error":
+                raise InputError(
+                    f"{self.what} file {str(filename)!r} has {count} non-finite voxels (NaN or Inf) of {img.numel()}; "
+                    "they would blank the whole result. Fix the file, or load with nonfinite='zero' to replace them."
+                )
+            if count:
+                warnings.warn(
+                    f"{self.what} file {str(filename)!r}: {count} non-finite voxels replaced by 0.", stacklevel=2
+                )
+                img = img.masked_fill(bad, 0)
+        return img
 
 
 def _explain(path: Any, e: Exception) -> str:

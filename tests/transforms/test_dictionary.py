@@ -146,3 +146,42 @@ def test_rand_sliced_foreground_aware():
     assert out0[0]["image"].shape == (1, 12, 10)
     with pytest.raises(ValueError, match="axis"):
         RandSliced(["image"], axis=3)
+
+
+def test_nonfinite_voxels_are_refused_with_their_count(tmp_path):
+    """One NaN used to spread through min-max/percentile normalisation and blank the whole result, silently."""
+    import nibabel as nib
+
+    from monai_sam_adapt.transforms import LoadMedicalImage
+
+    vol = np.random.default_rng(0).random((8, 8, 4)).astype(np.float32)
+    vol[1, 1, 1], vol[2, 2, 2] = np.nan, np.inf
+    path = tmp_path / "ct_with_nan.nii.gz"
+    nib.save(nib.Nifti1Image(vol, np.eye(4)), path)
+    with pytest.raises(InputError, match=r"ct_with_nan\.nii\.gz' has 2 non-finite voxels"):
+        LoadMedicalImaged("image")({"image": str(path)})
+    with pytest.warns(UserWarning, match="2 non-finite voxels replaced by 0"):
+        fixed = LoadMedicalImage(nonfinite="zero")(str(path))
+    assert bool(torch.isfinite(fixed).all()) and float(fixed[0, 1, 1, 1]) == 0.0
+
+
+@pytest.mark.parametrize("values", [(0, 1), (0, 255)])
+def test_binary_masks_on_either_scale_are_foreground(tmp_path, values):
+    mask = np.zeros((6, 6), np.uint8)
+    mask[2:4, 2:4] = values[1]
+    write_png(tmp_path / "m.png", mask)
+    out = Compose([LoadMedicalImaged("label"), SelectLabelsd("label", threshold=127)])(
+        {"label": str(tmp_path / "m.png")}
+    )
+    assert float(out["label"].sum()) == 4  # a 0/1 mask was thresholded at 127 into an empty label
+
+
+def test_a_mask_of_label_values_is_refused_not_emptied(tmp_path):
+    mask = np.zeros((6, 6), np.uint8)
+    mask[1:3, 1:3], mask[3:5, 3:5] = 1, 2
+    write_png(tmp_path / "classes.png", mask)
+    load = Compose([LoadMedicalImaged("label"), SelectLabelsd("label", threshold=127)])
+    with pytest.raises(Exception) as e:
+        load({"label": str(tmp_path / "classes.png")})
+    msg = str(e.value) + str(e.value.__cause__)
+    assert "classes.png" in msg and "not a 0/255 mask" in msg
