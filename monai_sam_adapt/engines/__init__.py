@@ -1,11 +1,20 @@
 """What MONAI and ignite lack for our workflows: handlers that draw evaluation results (:class:`MetricPlots`,
-:class:`OverlayGrid`) and per-label metrics (:func:`label_metrics`).
+:class:`OverlayGrid`), per-label metrics (:func:`label_metrics`) and crash-safe checkpoints
+(:class:`AtomicCheckpointSaver`, :class:`ResumeCheckpointLoader`).
 
 Not here: datalists and their checks (:mod:`monai_sam_adapt.data`), the embedding cache
-(:mod:`monai_sam_adapt.sam`), checkpoint resume (MONAI's ``CheckpointLoader``, in the bundles' ``train.json``).
+(:mod:`monai_sam_adapt.sam`), loading trained weights for inference (the networks' own ``load_state_dict``).
 """
 
+from .checkpoints import AtomicCheckpointSaver, ResumeCheckpointLoader
 from .handlers import MetricPlots, OverlayGrid
 from .metrics import from_engine_channel, label_metrics
 
-__all__ = ["MetricPlots", "OverlayGrid", "from_engine_channel", "label_metrics"]
+__all__ = [
+    "AtomicCheckpointSaver",
+    "MetricPlots",
+    "ResumeCheckpointLoader",
+    "OverlayGrid",
+    "from_engine_channel",
+    "label_metrics",
+]
