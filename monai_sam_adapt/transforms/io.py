@@ -15,7 +15,14 @@ from monai.transforms import LoadImage, MapTransform
 
 from ..errors import InputError
 
-__all__ = ["LoadMedicalImage", "LoadMedicalImageD", "LoadMedicalImageDict", "LoadMedicalImaged"]
+__all__ = [
+    "NON_IMAGE_MODALITIES",
+    "LoadMedicalImage",
+    "LoadMedicalImageD",
+    "LoadMedicalImageDict",
+    "LoadMedicalImaged",
+    "check_dicom_series",
+]
 
 #: 2D formats, read by MONAI's ``PILReader`` rows first.
 SUFFIXES_2D = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
@@ -81,8 +88,11 @@ class LoadMedicalImage(LoadImage):
                     raise InputError(f"{self.what} file {str(path)!r} does not exist.")
                 if os.path.isdir(path) and not any(Path(path).iterdir()):
                     raise InputError(f"{self.what} folder {str(path)!r} is empty (expected a DICOM series).")
+        chosen = reader or self.reader_for(filename)
+        if chosen is self.readers_by_format["dicom"] and isinstance(filename, (str, os.PathLike)):
+            check_dicom_series(filename, self.what)
         try:
-            img = super().__call__(filename, reader or self.reader_for(filename))
+            img = super().__call__(filename, chosen)
         except InputError:
             raise
         except Exception as e:
@@ -101,6 +111,48 @@ class LoadMedicalImage(LoadImage):
                 )
                 img = img.masked_fill(bad, 0)
         return img
+
+
+#: DICOM objects that are not images to segment: segmentations, structure sets, reports, plans, presentation states.
+NON_IMAGE_MODALITIES = ("SEG", "RTSTRUCT", "RTPLAN", "RTDOSE", "SR", "PR", "KO", "REG")
+
+
+def check_dicom_series(path: str | os.PathLike, what: str = "image") -> None:
+    """Refuse, naming the file, a DICOM folder (or file) that MONAI's reader would read wrongly without a word: a file
+    that is not DICOM (an empty or stray file is otherwise skipped, and the slice spacing comes out wrong), a DICOM
+    object that is not an image (a SEG, RTSTRUCT, SR...: segmenting a DICOM SEG as a CT), several series in one
+    folder, or slices that are not evenly spaced (a missing slice)."""
+    import numpy as np
+    import pydicom
+
+    path = Path(path)
+    files = sorted(p for p in path.iterdir() if p.is_file()) if path.is_dir() else [path]
+    where = f"{what} {'folder' if path.is_dir() else 'file'} {str(path)!r}"
+    headers = []
+    for f in files:
+        try:
+            ds = pydicom.dcmread(f, stop_before_pixels=True)
+        except Exception as e:  # noqa: BLE001 - reported with the file
+            raise InputError(f"{where}: {str(f)!r} is not a DICOM file ({type(e).__name__}: {str(e)[:200]}).") from e
+        modality = str(ds.get("Modality", "")).upper()
+        if modality in NON_IMAGE_MODALITIES or "Rows" not in ds:  # pixels are not read here: Rows marks an image
+            raise InputError(
+                f"{where}: {str(f)!r} is a DICOM {modality or 'object'} without an image to segment (Modality "
+                f"{modality!r}); give the image series it refers to."
+            )
+        headers.append(ds)
+    series = {str(d.get("SeriesInstanceUID", "")) for d in headers}
+    if len(series) > 1:
+        raise InputError(f"{where} holds {len(series)} series; give one series per folder.")
+    if len(headers) > 2 and all("ImagePositionPatient" in d and "ImageOrientationPatient" in d for d in headers):
+        normal = np.cross(*np.asarray(headers[0].ImageOrientationPatient, float).reshape(2, 3))
+        z = np.sort([float(np.dot(normal, np.asarray(d.ImagePositionPatient, float))) for d in headers])
+        gaps = np.diff(z)
+        if gaps.min() <= 1e-4 or gaps.max() - gaps.min() > 0.01 * max(gaps.max(), 1e-6) + 1e-3:
+            raise InputError(
+                f"{where}: slices are not evenly spaced (gaps {np.unique(np.round(gaps, 3)).tolist()} mm): a slice is "
+                "missing or duplicated."
+            )
 
 
 def _explain(path: Any, e: Exception) -> str:

@@ -185,3 +185,48 @@ def test_a_mask_of_label_values_is_refused_not_emptied(tmp_path):
         load({"label": str(tmp_path / "classes.png")})
     msg = str(e.value) + str(e.value.__cause__)
     assert "classes.png" in msg and "not a 0/255 mask" in msg
+
+
+def _ct_series(folder, z=(0.0, 1.0, 2.0)):
+    """A DICOM series made of pydicom's CT_small at the given slice positions (one series, new instance UIDs)."""
+    import pydicom
+    from pydicom.data import get_testdata_file
+    from pydicom.uid import generate_uid
+
+    folder.mkdir(parents=True, exist_ok=True)
+    series = generate_uid()
+    for i, zi in enumerate(z):
+        ds = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+        ds.SeriesInstanceUID, ds.SOPInstanceUID = series, generate_uid()
+        ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
+        ds.ImagePositionPatient = [0.0, 0.0, zi]
+        ds.InstanceNumber = i + 1
+        ds.save_as(folder / f"{i:02d}.dcm")
+    return folder
+
+
+def test_dicom_folders_that_would_load_wrong_are_refused(tmp_path):
+    """A stray or empty file used to be skipped (3 slices at 1 mm came back as 2 at 2 mm), a DICOM SEG given as the
+    CT was segmented as if it were an image, a missing slice went unnoticed."""
+    good = _ct_series(tmp_path / "good")
+    assert LoadMedicalImaged("image")({"image": str(good)})["image"].shape[-1] == 3
+
+    stray = _ct_series(tmp_path / "stray")
+    (stray / "01.dcm").write_bytes(b"")
+    with pytest.raises(InputError, match=r"stray'.*01\.dcm' is not a DICOM file"):
+        LoadMedicalImaged("image")({"image": str(stray)})
+
+    seg = _ct_series(tmp_path / "seg", z=(0.0, 1.0))
+    import pydicom
+
+    ds = pydicom.dcmread(seg / "01.dcm")
+    ds.Modality = "SEG"
+    ds.save_as(seg / "01.dcm")
+    with pytest.raises(InputError, match=r"01\.dcm' is a DICOM SEG without an image"):
+        LoadMedicalImaged("image")({"image": str(seg)})
+    with pytest.raises(InputError, match="is a DICOM SEG"):
+        LoadMedicalImaged("image")({"image": str(seg / "01.dcm")})
+
+    gap = _ct_series(tmp_path / "gap", z=(0.0, 1.0, 3.0))
+    with pytest.raises(InputError, match=r"gap'.*not evenly spaced.*\[1\.0, 2\.0\]"):
+        LoadMedicalImaged("image")({"image": str(gap)})
