@@ -38,7 +38,8 @@ class AutoSAM(TrainedPartsCheckpoint, nn.Module):
         prompt_encoder_kwargs: passed to the prompt encoder class. Default ``None``.
         surrogate: build h. Default ``True``.
         output: what ``forward`` returns: ``"sam"`` (decoder logits), ``"h"`` (surrogate logits) or ``"both"``
-            (concatenated on channels, SAM first: what :class:`AutoSAMLoss` trains on). Default ``"sam"``.
+            (concatenated on channels, SAM first: what :class:`monai_sam_adapt.losses.AutoSAMLoss` trains on).
+            Default ``"sam"``.
         cache: an :class:`EmbeddingCache`; ``True`` for an in-memory one; a folder path for one on disk (both keyed by
             this backbone's fingerprint); or ``None``. Default ``None``.
         backbone_kwargs: architecture overrides of the backbone (tiny test models).
