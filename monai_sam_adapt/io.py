@@ -4,6 +4,7 @@ inside the output folder, never over an existing file)."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -12,7 +13,22 @@ from typing import Any
 
 from monai.data import FolderLayout, ITKWriter, NibabelWriter, PILWriter
 
-__all__ = ["AtomicITKWriter", "AtomicNibabelWriter", "ConfinedFolderLayout", "PILMaskWriter", "atomic_write"]
+from .errors import InputError
+
+__all__ = [
+    "IMAGE_SUFFIXES",
+    "SUFFIXES_2D",
+    "AtomicITKWriter",
+    "AtomicNibabelWriter",
+    "ConfinedFolderLayout",
+    "PILMaskWriter",
+    "atomic_write",
+    "image_stem",
+]
+
+#: 2D image formats (read rows first by MONAI's ``PILReader``), and every image format we read.
+SUFFIXES_2D = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+IMAGE_SUFFIXES = SUFFIXES_2D + (".nii", ".nii.gz", ".nrrd", ".dcm", ".npy", ".npz")
 
 
 @contextmanager
@@ -62,10 +78,11 @@ class AtomicITKWriter(_AtomicWriteMixin, ITKWriter):
     """MONAI's ``ITKWriter`` (NRRD, MHA, ... when ``itk`` is installed), written atomically."""
 
 
-def _stem(path: Path) -> str:
-    """A file's name without its image extensions (``case.nii.gz`` -> ``case``); a folder's (DICOM series) name."""
+def image_stem(path: str | os.PathLike) -> str:
+    """A file's name without its image extension (``case.nii.gz`` -> ``case``); a folder's (DICOM series) name."""
+    path = Path(path)
     name = path.name
-    for ext in (".nii.gz", ".nii", ".nrrd", ".dcm", ".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".npy", ".npz"):
+    for ext in sorted(IMAGE_SUFFIXES, key=len, reverse=True):
         if name.lower().endswith(ext):
             return name[: -len(ext)]
     return path.stem if path.suffix and not path.is_dir() else name
@@ -101,14 +118,10 @@ class ConfinedFolderLayout(FolderLayout):
         self.overwrite = bool(overwrite)
 
     def filename(self, subject: Any = "subject", idx: Any = None, **kwargs: Any) -> str:
-        import hashlib
-
-        from .errors import InputError
-
         out_dir = Path(self.output_dir).resolve()
         src = Path(str(subject))
         parent = Path()
-        name = _stem(src)
+        name = image_stem(src)
         full = src.resolve()
         if self.root is not None and full.is_relative_to(self.root):
             parent = full.parent.relative_to(self.root)

@@ -22,6 +22,7 @@ __all__ = [
     "SERVING_OVERRIDES",
     "TRAIN_KEYS",
     "TRAINING_OVERRIDES",
+    "bundle_labels",
     "bundle_workflow",
     "check_bundle",
     "config_parser",
@@ -167,6 +168,19 @@ def find_bundles(root: str | os.PathLike) -> dict[str, Path]:
     }
 
 
+def bundle_labels(bundle_dir: str | os.PathLike) -> dict[str, int]:
+    """``{label name: value}`` of a bundle: names from ``metadata.json`` (the prediction's ``channel_def``), values
+    from the inference config's ``label_values`` (default ``1..K``)."""
+    cfg = Path(bundle_dir) / "configs"
+    meta = json.loads((cfg / "metadata.json").read_text())
+    channels = meta["network_data_format"]["outputs"]["pred"]["channel_def"]
+    names = [channels[k] for k in sorted(channels, key=int) if str(channels[k]).lower() != "background"]
+    values = read_config(bundle_dir).get("label_values") or list(range(1, len(names) + 1))
+    if len(values) != len(names):
+        raise ValueError(f"{cfg / 'inference.json'}: {len(values)} label_values for {len(names)} labels {names}.")
+    return dict(zip(names, map(int, values)))
+
+
 def check_bundle(bundle_dir: str | os.PathLike) -> list[str]:
     """What a bundle lacks of the contract (empty when it keeps it): every key of :data:`INFER_KEYS` in
     ``inference.json`` and (when there is one) ``evaluate.json``, of :data:`TRAIN_KEYS` in ``train.json`` when there
@@ -184,12 +198,9 @@ def check_bundle(bundle_dir: str | os.PathLike) -> list[str]:
             continue
         problems += [f"configs/{name} has no {k!r} ({what})" for k, what in keys.items() if k not in parser]
     try:
-        meta = json.loads((bundle_dir / "configs" / "metadata.json").read_text())
-        channels = meta["network_data_format"]["outputs"]["pred"]["channel_def"]
-        names = [v for v in channels.values() if str(v).lower() != "background"]
-        values = read_config(bundle_dir).get("label_values") or list(range(1, len(names) + 1))
-        if len(values) != len(names):
-            problems.append(f"configs/inference.json: {len(values)} label_values for {len(names)} labels {names}")
-    except (OSError, KeyError, ValueError) as e:
+        bundle_labels(bundle_dir)
+    except (OSError, KeyError) as e:
         problems.append(f"configs/metadata.json: no labels in network_data_format.outputs.pred.channel_def ({e})")
+    except ValueError as e:
+        problems.append(str(e))
     return problems

@@ -21,6 +21,9 @@ import re
 from collections.abc import Sequence
 from pathlib import Path
 
+from ..io import IMAGE_SUFFIXES, atomic_write
+from ..io import image_stem as _stem
+
 __all__ = [
     "IMAGE_SUFFIXES",
     "brats_datalist",
@@ -32,16 +35,6 @@ __all__ = [
     "split_by_case",
     "write_datalist",
 ]
-
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".nii", ".nii.gz", ".nrrd", ".dcm")
-
-
-def _stem(p: Path) -> str:
-    name = p.name
-    for suf in sorted(IMAGE_SUFFIXES, key=len, reverse=True):
-        if name.lower().endswith(suf):
-            return name[: -len(suf)]
-    return p.stem
 
 
 def _need_dir(path: Path, what: str) -> Path:
@@ -205,8 +198,6 @@ def folder_datalist(
 
 
 def write_datalist(datalist: dict, path: str | Path) -> Path:
-    from ..io import atomic_write
-
     with atomic_write(path) as tmp:
         tmp.write_text(json.dumps(datalist, indent=1))
     return Path(path)

@@ -16,8 +16,8 @@ from monailabel.interfaces.tasks.train import TrainTask
 
 import monai_sam_adapt
 
-from ..bundle import find_bundles
-from .bundle_task import BundleSegmentationTask, bundle_labels
+from ..bundle import bundle_labels, find_bundles
+from .bundle_task import BundleSegmentationTask
 from .bundle_training import BundleTrainingTask
 from .datastore import CheckedLocalDatastore, SegDICOMWebDatastore
 from .errors import RequestError

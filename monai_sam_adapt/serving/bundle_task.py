@@ -17,26 +17,13 @@ from ignite.handlers import Checkpoint
 from monai.bundle import ConfigParser
 from monailabel.interfaces.tasks.infer_v2 import InferTask, InferType
 
-from ..bundle import read_config
+from ..bundle import bundle_labels, read_config
 from .errors import RequestError
 from .inputs import device_for, image_shape, input_error, single_output
 
-__all__ = ["BundleSegmentationTask", "bundle_labels"]
+__all__ = ["BundleSegmentationTask"]
 
 logger = logging.getLogger(__name__)
-
-
-def bundle_labels(bundle_dir: str | os.PathLike) -> dict[str, int]:
-    """``{label name: value}`` of a bundle: names from ``metadata.json`` (the prediction's ``channel_def``), values
-    from the inference config's ``label_values`` (default ``1..K``)."""
-    cfg = Path(bundle_dir) / "configs"
-    meta = json.loads((cfg / "metadata.json").read_text())
-    channels = meta["network_data_format"]["outputs"]["pred"]["channel_def"]
-    names = [channels[k] for k in sorted(channels, key=int) if str(channels[k]).lower() != "background"]
-    values = read_config(bundle_dir).get("label_values") or list(range(1, len(names) + 1))
-    if len(values) != len(names):
-        raise ValueError(f"{cfg / 'inference.json'}: {len(values)} label_values for {len(names)} labels {names}.")
-    return dict(zip(names, map(int, values)))
 
 
 class BundleSegmentationTask(InferTask):

@@ -14,6 +14,7 @@ from monai.data import ImageReader, NibabelReader, NrrdReader, NumpyReader, PILR
 from monai.transforms import LoadImage, MapTransform
 
 from ..errors import InputError
+from ..io import SUFFIXES_2D
 
 __all__ = [
     "NON_IMAGE_MODALITIES",
@@ -23,9 +24,6 @@ __all__ = [
     "LoadMedicalImaged",
     "check_dicom_series",
 ]
-
-#: 2D formats, read by MONAI's ``PILReader`` rows first.
-SUFFIXES_2D = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 
 
 class LoadMedicalImage(LoadImage):
