@@ -38,6 +38,7 @@ INFER_KEYS: dict[str, str] = {
     "datalist": "a datalist JSON file, or a layout name of monai_sam_adapt.data.LAYOUTS",
     "data": "the list of {'image': ...} items to run on",
     "num_workers": "DataLoader workers",
+    "image_channels": "channels each image file must have (an int or a list); anything else is refused naming the file",
     "output_dir": "where predictions (inference) or metrics (evaluate) are written; nothing is written elsewhere",
     "model_path": "the weights loaded into network (null: a bundle without trained weights)",
     "network_def": "the network, built once",
@@ -57,6 +58,7 @@ TRAIN_KEYS: dict[str, str] = {
     "dataset_dir": INFER_KEYS["dataset_dir"],
     "datalist": "datalist with 'training' and 'validation' lists (a JSON file, a layout name, or a dict)",
     "num_workers": INFER_KEYS["num_workers"],
+    "image_channels": INFER_KEYS["image_channels"],
     "output_dir": "TensorBoard logs and resumable checkpoints (output_dir/checkpoints)",
     "ckpt_dir": "where the best model.pt (by validation Dice) is written",
     "max_epochs": "training epochs",
@@ -89,6 +91,7 @@ SERVING_OVERRIDES = (
     "output_dir",
     "num_workers",
     "handlers",
+    "image_channels",
 )
 #: What :class:`monai_sam_adapt.serving.bundle_training.BundleTrainingTask` overrides in ``train.json``.
 TRAINING_OVERRIDES = (

@@ -1,19 +1,19 @@
 """What MONAI and ignite lack for our workflows: handlers that draw evaluation results (:class:`MetricPlots`,
 :class:`OverlayGrid`), per-label metrics (:func:`label_metrics`) and crash-safe checkpoints
-(:class:`AtomicCheckpointSaver`, :class:`ResumeCheckpointLoader`).
+(:class:`AtomicCheckpointSaver`, :class:`CheckedCheckpointLoader`).
 
 Not here: datalists and their checks (:mod:`monai_sam_adapt.data`), the embedding cache
 (:mod:`monai_sam_adapt.sam`), loading trained weights for inference (the networks' own ``load_state_dict``).
 """
 
-from .checkpoints import AtomicCheckpointSaver, ResumeCheckpointLoader
+from .checkpoints import AtomicCheckpointSaver, CheckedCheckpointLoader
 from .handlers import MetricPlots, OverlayGrid
 from .metrics import from_engine_channel, label_metrics
 
 __all__ = [
     "AtomicCheckpointSaver",
+    "CheckedCheckpointLoader",
     "MetricPlots",
-    "ResumeCheckpointLoader",
     "OverlayGrid",
     "from_engine_channel",
     "label_metrics",

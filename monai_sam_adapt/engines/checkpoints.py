@@ -3,7 +3,7 @@
 MONAI's ``CheckpointSaver`` writes with ignite's ``DiskSaver(atomic=False)``: a kill during a save leaves a truncated
 file, and with ``n_saved=1`` it can be the only checkpoint. :class:`AtomicCheckpointSaver` writes every file to a
 temporary file in the same folder and renames it, so the previous checkpoint is removed only once the new one is
-complete. :class:`ResumeCheckpointLoader` checks the file before training starts.
+complete. :class:`CheckedCheckpointLoader` checks ``model_path`` and ``--resume_from`` before the run starts.
 """
 
 from __future__ import annotations
@@ -18,10 +18,11 @@ from monai.handlers import CheckpointLoader, CheckpointSaver
 from monai.utils import min_version, optional_import
 
 from ..errors import CheckpointError
+from ..sam.checkpoint import read_checkpoint
 
 DiskSaver, _ = optional_import("ignite.handlers", "0.4.11", min_version, "DiskSaver")
 
-__all__ = ["AtomicCheckpointSaver", "ResumeCheckpointLoader"]
+__all__ = ["AtomicCheckpointSaver", "CheckedCheckpointLoader"]
 
 
 class _AtomicDiskSaver(DiskSaver):
@@ -62,37 +63,66 @@ class AtomicCheckpointSaver(CheckpointSaver):
                 checkpoint.save_handler = _AtomicDiskSaver(str(save_dir), filename)
 
 
-class ResumeCheckpointLoader(CheckpointLoader):
-    """MONAI's ``CheckpointLoader`` for ``--resume_from``, which first reads the file: a missing, truncated or foreign
-    file raises :class:`~monai_sam_adapt.errors.CheckpointError` naming it, what it lacks, and the newest complete
-    checkpoint in the same folder to resume from instead."""
+class CheckedCheckpointLoader(CheckpointLoader):
+    """MONAI's ``CheckpointLoader`` that reads the file before the run starts, through our safe reader: a missing,
+    empty, truncated, pickled or foreign file, or weights that do not fit the network, raise
+    :class:`~monai_sam_adapt.errors.CheckpointError` naming the option (``model_path``, ``resume_from``), the file,
+    what is wrong, and the newest complete checkpoint in the same folder when there is one.
+
+    Args:
+        load_path, load_dict, kwargs: as MONAI's ``CheckpointLoader``.
+        option: how the file was given, for messages. Default ``"model_path"``.
+    """
+
+    def __init__(self, load_path: str, load_dict: dict, option: str = "model_path", **kwargs: Any) -> None:
+        super().__init__(load_path, load_dict, **kwargs)
+        self.option = option
 
     def attach(self, engine) -> None:
         path = Path(self.load_path)
         try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-            missing = [k for k in self.load_dict if not isinstance(state, Mapping) or k not in state]
-        except Exception as e:  # noqa: BLE001 - reported with the file's name
-            state, missing = None, [f"a readable checkpoint ({type(e).__name__}: {str(e)[:200]})"]
-        if missing:
-            good = self._newest_good(path)
-            hint = f" The newest complete checkpoint there is {str(good)!r}." if good else ""
+            state = read_checkpoint(path, self.option)
+        except CheckpointError as e:
+            raise CheckpointError(f"{e}{self._hint(path)}") from None
+        missing = [k for k in self.load_dict if not isinstance(state, Mapping) or k not in state]
+        if missing and not (len(self.load_dict) == 1 and isinstance(state, Mapping) and _is_state_dict(state)):
             raise CheckpointError(
-                f"resume_from {str(path)!r} cannot be resumed from: it lacks {', '.join(map(str, missing))}.{hint}"
+                f"{self.option} {str(path)!r} lacks {', '.join(map(str, missing))}: it is not a checkpoint of this "
+                f"bundle.{self._hint(path)}"
             )
         super().attach(engine)
 
+    def __call__(self, engine) -> None:
+        try:
+            super().__call__(engine)
+        except CheckpointError:
+            raise
+        except (RuntimeError, KeyError, ValueError) as e:
+            first = str(e).strip().splitlines()
+            raise CheckpointError(
+                f"{self.option} {str(self.load_path)!r} does not fit this bundle's network: "
+                f"{first[0][:300] if first else type(e).__name__}"
+            ) from e
+
+    def _hint(self, bad: Path) -> str:
+        good = self._newest_good(bad)
+        return f" The newest complete checkpoint beside it is {str(good)!r}." if good else ""
+
     def _newest_good(self, bad: Path) -> Path | None:
-        folder = bad.parent if bad.parent.is_dir() else None
-        if folder is None:
+        if not bad.parent.is_dir():
             return None
-        for p in sorted(folder.glob("*.pt"), key=os.path.getmtime, reverse=True):
+        for p in sorted(bad.parent.glob("*.pt"), key=os.path.getmtime, reverse=True):
             if p.resolve() == bad.resolve():
                 continue
             try:
-                state = torch.load(p, map_location="cpu", weights_only=True)
-            except Exception:  # noqa: BLE001 - not a good one
+                state = read_checkpoint(p)
+            except CheckpointError:
                 continue
             if isinstance(state, Mapping) and all(k in state for k in self.load_dict):
                 return p
         return None
+
+
+def _is_state_dict(state: Mapping) -> bool:
+    """A bare ``state_dict`` (MONAI's loader accepts it for a single object)."""
+    return all(isinstance(v, torch.Tensor) for v in state.values())

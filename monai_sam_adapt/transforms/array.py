@@ -177,6 +177,10 @@ class SelectLabels(Transform):
         return torch.stack(chans).float()
 
 
+#: The shortest in-plane side an image may have, before and after SAM's resize.
+MIN_SIDE = 4
+
+
 class SAMResizeLongest(Resize):
     """SAM's resize: scale so that the longest in-plane side equals ``target_size``; invertible (MONAI ``Resize``).
 
@@ -216,7 +220,18 @@ class SAMResizeLongest(Resize):
             )
         from segment_anything.utils.transforms import ResizeLongestSide
 
-        new = ResizeLongestSide.get_preprocess_shape(shape[plane[0]], shape[plane[1]], self.target_size)
+        sides = [shape[plane[0]], shape[plane[1]]]
+        if min(sides) < MIN_SIDE:
+            raise ValueError(
+                f"the image is {sides[0]}x{sides[1]} pixels in plane: too small to segment (at least {MIN_SIDE} "
+                "pixels a side)."
+            )
+        new = ResizeLongestSide.get_preprocess_shape(sides[0], sides[1], self.target_size)
+        if min(new) < MIN_SIDE:
+            raise ValueError(
+                f"the image is {sides[0]}x{sides[1]} pixels in plane: too elongated for a {self.target_size} px "
+                f"encoder (its short side would shrink to {min(new)} px; at least {MIN_SIDE} needed). Crop it first."
+            )
         out = list(shape)
         out[plane[0]], out[plane[1]] = new
         return tuple(out)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import warnings
+from collections.abc import Hashable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +13,7 @@ import torch
 from monai.config import KeysCollection
 from monai.data import ImageReader, NibabelReader, NrrdReader, NumpyReader, PILReader, PydicomReader
 from monai.transforms import LoadImage, MapTransform
+from monai.utils import ensure_tuple
 
 from ..errors import InputError
 from ..io import SUFFIXES_2D
@@ -43,19 +45,35 @@ class LoadMedicalImage(LoadImage):
     Voxels that are not finite (NaN, Inf) would spread through every normalisation to the whole image and blank the
     result without a word: by default they are refused with the file and their count.
 
+    What a bundle declares is checked here, where the file is known: ``channels`` (a 4-channel Decathlon-style NIfTI
+    would otherwise be read as RGBA, a 3-channel one given for FLAIR would run) and ``spatial_dims`` (a 2D image or
+    a single DICOM slice given to a 3D bundle, a volume given to a 2D one).
+
     Args:
         what: how the file is named in messages (e.g. ``"image"``, ``"label"``). Default ``"image"``.
         nonfinite: ``"error"`` (refuse), or ``"zero"`` (replace them by 0, with a warning). Default ``"error"``.
+        channels: accepted channel counts of each file (an int or a list), or ``None`` for any. When several files
+            make one image (one per modality), each must have one of these counts. Default ``None``.
+        spatial_dims: 2 or 3 to refuse images of the other dimensionality, or ``None``. Default ``None``.
         kwargs: passed to MONAI's ``LoadImage``.
     """
 
     def __init__(
-        self, what: str = "image", ensure_channel_first: bool = True, nonfinite: str = "error", **kwargs: Any
+        self,
+        what: str = "image",
+        ensure_channel_first: bool = True,
+        nonfinite: str = "error",
+        channels: int | Sequence[int] | None = None,
+        spatial_dims: int | None = None,
+        **kwargs: Any,
     ) -> None:
         if nonfinite not in ("error", "zero"):
             raise ValueError(f"nonfinite must be 'error' or 'zero', got {nonfinite!r}.")
+        if spatial_dims not in (None, 2, 3):
+            raise ValueError(f"spatial_dims must be 2, 3 or None, got {spatial_dims!r}.")
         super().__init__(image_only=True, ensure_channel_first=ensure_channel_first, **kwargs)
-        self.what, self.nonfinite = what, nonfinite
+        self.what, self.nonfinite, self.spatial_dims = what, nonfinite, spatial_dims
+        self.channels = None if channels is None else sorted({int(c) for c in ensure_tuple(channels)})
         self.readers_by_format: dict[str, ImageReader] = {
             "2d": PILReader(reverse_indexing=False),
             "nifti": NibabelReader(),
@@ -108,7 +126,30 @@ class LoadMedicalImage(LoadImage):
                     f"{self.what} file {str(filename)!r}: {count} non-finite voxels replaced by 0.", stacklevel=2
                 )
                 img = img.masked_fill(bad, 0)
+        self._check_shape(filename, img)
         return img
+
+    def _check_shape(self, filename: Any, img: torch.Tensor) -> None:
+        """Refuse an image whose channel count or dimensionality the bundle does not take, naming the file."""
+        files = list(filename) if isinstance(filename, (list, tuple)) else [filename]
+        dims, chans = img.ndim - 1, img.shape[0]
+        if len(files) > 1 and self.spatial_dims is not None and dims == self.spatial_dims + 1:
+            chans = -1  # MONAI stacked multi-channel files on a new axis: each file has channels of its own
+        elif self.spatial_dims is not None and dims != self.spatial_dims:
+            got = {2: "2D (a single slice or a planar image)", 3: "3D"}.get(dims, f"{dims}D")
+            need = "a 3D volume (a DICOM series folder, a 3D NIfTI/NRRD)" if self.spatial_dims == 3 else "a 2D image"
+            raise InputError(
+                f"{self.what} file {str(filename)!r} is {got} with shape {tuple(img.shape[1:])}; this bundle needs "
+                f"{need}."
+            )
+        per_file = chans // len(files) if chans > 0 and chans % len(files) == 0 else None
+        if self.channels is not None and per_file not in self.channels:
+            what = " or ".join(map(str, self.channels))
+            has = f"has {per_file} channels" if per_file else "has several channels per file"
+            raise InputError(
+                f"{self.what} file {str(filename)!r} {has}; this bundle reads {what} per file (a multi-channel "
+                "volume is not split into modalities: give one file per modality, as the bundle's datalist lists them)."
+            )
 
 
 #: DICOM objects that are not images to segment: segmentations, structure sets, reports, plans, presentation states.
@@ -175,20 +216,28 @@ class LoadMedicalImaged(MapTransform):
     Args:
         keys: keys of the file names to load.
         ensure_channel_first: Default ``True``.
+        channels: ``{key: accepted channel counts}`` (see :class:`LoadMedicalImage`), e.g. ``{"image": 3}``; keys
+            not named take any. Default ``None``.
         allow_missing_keys: Default ``False``.
-        kwargs: passed to :class:`LoadMedicalImage`.
+        kwargs: passed to :class:`LoadMedicalImage` (``spatial_dims`` applies to every key).
     """
 
     def __init__(
         self,
         keys: KeysCollection,
         ensure_channel_first: bool = True,
+        channels: Mapping[Hashable, int | Sequence[int]] | None = None,
         allow_missing_keys: bool = False,
         **kwargs: Any,
     ) -> None:
         super().__init__(keys, allow_missing_keys)
+        channels = dict(channels or {})
+        unknown = set(channels) - set(self.keys)
+        if unknown:
+            raise ValueError(f"channels names keys {sorted(map(str, unknown))} that are not loaded ({self.keys}).")
         self.loaders = {
-            k: LoadMedicalImage(str(k), ensure_channel_first=ensure_channel_first, **kwargs) for k in self.keys
+            k: LoadMedicalImage(str(k), ensure_channel_first=ensure_channel_first, channels=channels.get(k), **kwargs)
+            for k in self.keys
         }
 
     def __call__(self, data, reader: ImageReader | None = None):

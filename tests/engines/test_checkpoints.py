@@ -6,7 +6,7 @@ import pytest
 import torch
 from ignite.engine import Engine, Events
 
-from monai_sam_adapt.engines import AtomicCheckpointSaver, ResumeCheckpointLoader
+from monai_sam_adapt.engines import AtomicCheckpointSaver, CheckedCheckpointLoader
 from monai_sam_adapt.errors import CheckpointError
 
 
@@ -58,13 +58,13 @@ def test_resume_from_a_bad_file_names_it_and_the_last_good_one(tmp_path):
     bad = tmp_path / "checkpoint_epoch=2.pt"
     bad.write_bytes(b"")
     trainer = _trainer(net)
-    loader = ResumeCheckpointLoader(str(bad), {"network": net, "trainer": trainer})
-    with pytest.raises(CheckpointError, match=r"checkpoint_epoch=2\.pt.*cannot be resumed.*checkpoint_epoch=1\.pt"):
+    loader = CheckedCheckpointLoader(str(bad), {"network": net, "trainer": trainer}, option="resume_from")
+    with pytest.raises(CheckpointError, match=r"resume_from .*checkpoint_epoch=2\.pt.*empty.*checkpoint_epoch=1\.pt"):
         loader.attach(trainer)
     foreign = tmp_path / "other.pt"
     torch.save({"model": net.state_dict()}, foreign)
     with pytest.raises(CheckpointError, match=r"other\.pt.*lacks network, trainer"):
-        ResumeCheckpointLoader(str(foreign), {"network": net, "trainer": trainer}).attach(trainer)
-    ResumeCheckpointLoader(str(good), {"network": net, "trainer": trainer}).attach(trainer)
+        CheckedCheckpointLoader(str(foreign), {"network": net, "trainer": trainer}).attach(trainer)
+    CheckedCheckpointLoader(str(good), {"network": net, "trainer": trainer}).attach(trainer)
     trainer.run([0], max_epochs=2)
     assert trainer.state.epoch == 2  # resumed after epoch 1

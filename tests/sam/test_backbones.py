@@ -114,7 +114,7 @@ def test_checkpoint_errors_name_the_file(tmp_path):
     evil = tmp_path / "evil.pth"
     with open(evil, "wb") as f:
         pickle.dump({"x": Evil()}, f)
-    with pytest.raises(CheckpointError, match="evil.pth.*never pickled code"):
+    with pytest.raises(CheckpointError, match="evil.pth.*pickled Python objects.*refused without running them"):
         FrozenSAM("vit_b", checkpoint=evil, **TINY_ARCH["vit_b"])
     # a checkpoint of another architecture: missing / unexpected keys are listed
     other = tmp_path / "lite.pth"
@@ -151,3 +151,27 @@ def test_lite_medsam_checkpoint_with_wrong_digest_is_refused(tmp_path, monkeypat
     monkeypatch.setattr("monai_sam_adapt.sam.backbones.lite_medsam_checkpoint", lambda: (str(bad), _))
     with pytest.raises(CheckpointError, match="lite_medsam.pth"):
         FrozenSAM("lite_medsam")
+
+
+def test_files_under_official_names_are_verified_wherever_they_come_from(tmp_path):
+    """Issue 14 finding 9: LiteMedSAM's file given by path is checked like the default, and official SAM files by the
+    MD5 prefix their names carry; a file under another name is the user's own (fine-tuned) model."""
+    import shutil
+
+    from tests.tiny import TINY_ARCH
+
+    path, _ = lite_medsam_checkpoint()
+    bad = tmp_path / "lite_medsam.pth"
+    shutil.copy(path, bad)
+    with open(bad, "ab") as f:
+        f.write(b"\0")
+    with pytest.raises(CheckpointError, match=r"lite_medsam.pth.*SHA-256 .*expected .*not the official"):
+        FrozenSAM("lite_medsam", checkpoint=bad)
+    for name, arch in (("sam_vit_b_01ec64.pth", "vit_b"), ("sam_vit_h_4b8939.pth", "vit_h")):
+        fake = tmp_path / name
+        torch.save(tiny_backbone(arch).state_dict(), fake)
+        with pytest.raises(CheckpointError, match=rf"{name}.*MD5 .*starting with {name[10:16]}.*not the official"):
+            FrozenSAM(arch, checkpoint=fake, **TINY_ARCH[arch])
+        own = tmp_path / f"my_{arch}.pth"  # the same bytes under the user's own name load
+        shutil.copy(fake, own)
+        assert FrozenSAM(arch, checkpoint=own, **TINY_ARCH[arch]).checkpoint_sha256 == file_sha256(own)
