@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -24,6 +25,7 @@ __all__ = [
     "PILMaskWriter",
     "atomic_write",
     "image_stem",
+    "remove_stale_partials",
 ]
 
 #: 2D image formats (read rows first by MONAI's ``PILReader``), and every image format we read.
@@ -51,6 +53,36 @@ def atomic_write(filename: str | os.PathLike) -> Iterator[Path]:
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def remove_stale_partials(folder: str | os.PathLike) -> list[Path]:
+    """Remove the temporary files that :func:`atomic_write` left under ``folder`` in a process that no longer runs
+    (killed with SIGKILL, or a power cut: a SIGTERM'd bundle run cleans up after itself). Files of live processes are
+    left alone. Returns the removed paths."""
+    removed = []
+    root = Path(folder)
+    if not root.is_dir():
+        return removed
+    for tmp in root.rglob(".partial-*"):
+        pid = tmp.name.split("-")[1] if tmp.name.count("-") >= 2 else ""
+        if not pid.isdigit() or _alive(int(pid)):
+            continue
+        try:
+            tmp.unlink()
+            removed.append(tmp)
+        except OSError:
+            pass
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 class _AtomicWriteMixin:
@@ -116,6 +148,8 @@ class ConfinedFolderLayout(FolderLayout):
         super().__init__(str(output_dir), postfix=postfix, extension=extension, parent=False, makedirs=False)
         self.root = Path(data_root_dir).resolve() if data_root_dir else None
         self.overwrite = bool(overwrite)
+        self._writable: set[Path] = set()
+        remove_stale_partials(output_dir)
 
     def filename(self, subject: Any = "subject", idx: Any = None, **kwargs: Any) -> str:
         out_dir = Path(self.output_dir).resolve()
@@ -140,5 +174,21 @@ class ConfinedFolderLayout(FolderLayout):
                 f"output {str(out)!r} (for input {str(subject)!r}) already exists; nothing was overwritten. "
                 "Choose another output_dir, or pass --overwrite true to replace it."
             )
-        out.parent.mkdir(parents=True, exist_ok=True)
+        self._check_writable(out.parent)
         return str(out)
+
+    def _check_writable(self, folder: Path) -> None:
+        """Create ``folder`` and try a file in it once: an unwritable output folder is named up front, not reported
+        by MONAI as missing writer libraries after the work is done."""
+        if folder in self._writable:
+            return
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            with tempfile.NamedTemporaryFile(dir=folder, prefix=f".partial-{os.getpid()}-probe"):
+                pass
+        except OSError as e:
+            raise InputError(
+                f"cannot write predictions into {str(folder)!r} ({type(e).__name__}: {e.strerror or e}); choose "
+                "another --output_dir."
+            ) from None
+        self._writable.add(folder)

@@ -13,7 +13,6 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import torch
 from monai.handlers import CheckpointLoader, CheckpointSaver
 from monai.utils import min_version, optional_import
 
@@ -85,7 +84,7 @@ class CheckedCheckpointLoader(CheckpointLoader):
         except CheckpointError as e:
             raise CheckpointError(f"{e}{self._hint(path)}") from None
         missing = [k for k in self.load_dict if not isinstance(state, Mapping) or k not in state]
-        if missing and not (len(self.load_dict) == 1 and isinstance(state, Mapping) and _is_state_dict(state)):
+        if missing and not (len(self.load_dict) == 1 and isinstance(state, Mapping)):  # MONAI: a bare state dict
             raise CheckpointError(
                 f"{self.option} {str(path)!r} lacks {', '.join(map(str, missing))}: it is not a checkpoint of this "
                 f"bundle.{self._hint(path)}"
@@ -121,8 +120,3 @@ class CheckedCheckpointLoader(CheckpointLoader):
             if isinstance(state, Mapping) and all(k in state for k in self.load_dict):
                 return p
         return None
-
-
-def _is_state_dict(state: Mapping) -> bool:
-    """A bare ``state_dict`` (MONAI's loader accepts it for a single object)."""
-    return all(isinstance(v, torch.Tensor) for v in state.values())

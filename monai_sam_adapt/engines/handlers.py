@@ -1,7 +1,10 @@
-"""Ignite handlers: pictures of the per-image metrics that MONAI's ``MetricsSaver`` writes as CSV."""
+"""Ignite handlers: pictures of the per-image metrics that MONAI's ``MetricsSaver`` writes as CSV, and the count of
+cases behind each mean."""
 
 from __future__ import annotations
 
+import json
+import logging
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -14,7 +17,7 @@ from ..io import atomic_write
 
 Events, _ = optional_import("ignite.engine", "0.4.11", min_version, "Events")
 
-__all__ = ["MetricPlots", "OverlayGrid"]
+__all__ = ["EvaluationSummary", "MetricPlots", "OverlayGrid"]
 
 
 class MetricPlots:
@@ -166,3 +169,74 @@ class OverlayGrid:
         with atomic_write(self.save_dir / self.filename) as tmp:
             fig.savefig(tmp, dpi=90)
         plt.close(fig)
+
+
+class EvaluationSummary:
+    """Say over how many cases each mean is, and which cases are not in it: MONAI's metrics give ``nan`` for a case
+    whose ground truth is empty (``ignore_empty``) and every summary skips it, so "mean Dice 0.80" could silently be
+    over 98 of 100 cases. At the end of an evaluation this logs, per metric, ``mean over N of M cases`` (``N1/N2``
+    per label for several labels) with the cases not in it (empty ground truth, or another non-finite value), warns
+    about empty ground truths, and writes it all to ``<save_dir>/summary.json``; MONAI's ``MetricsSaver`` CSVs keep
+    every case (``nan`` rows included).
+
+    Args:
+        save_dir: output folder.
+        image_key / label_key: where to find the case's file name and its ground truth. Defaults ``"image"``,
+            ``"label"``.
+    """
+
+    def __init__(self, save_dir: str | os.PathLike, image_key: str = "image", label_key: str = "label") -> None:
+        self.save_dir, self.image_key, self.label_key = Path(save_dir), image_key, label_key
+        self.cases: list[tuple[str, bool]] = []
+        self.logger = logging.getLogger(__name__)
+
+    def attach(self, engine) -> None:
+        engine.add_event_handler(Events.STARTED, lambda e: self.cases.clear())
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self.collect)
+        engine.add_event_handler(Events.COMPLETED, self)
+
+    def collect(self, engine) -> None:
+        out = engine.state.output
+        for item in out if isinstance(out, list) else [out]:
+            src = getattr(item.get(self.image_key), "meta", {}).get("filename_or_obj", f"case {len(self.cases)}")
+            label = item.get(self.label_key)
+            empty = label is not None and not bool(torch.as_tensor(label).detach().gt(0.5).any())
+            self.cases.append((str(src), empty))
+
+    def __call__(self, engine) -> None:
+        details = getattr(engine.state, "metric_details", {}) or {}
+        names = [n for n, _ in self.cases]
+        report: dict = {"cases": len(self.cases), "empty_ground_truth": [n for n, e in self.cases if e]}
+        for metric, v in details.items():
+            v = v.float().cpu().numpy() if isinstance(v, torch.Tensor) else np.asarray(v, dtype=float)
+            per_case = v.reshape(v.shape[0], -1)  # (cases, labels)
+            ok = np.isfinite(per_case)
+            left_out = [names[i] if i < len(names) else f"case {i}" for i in np.flatnonzero(~ok.all(axis=1))]
+            values = per_case[ok]  # as MONAI's mean: every finite (case, label) value
+            report[metric] = {
+                "mean": float(values.mean()) if values.size else None,
+                "median": float(np.median(values)) if values.size else None,
+                "cases": int(per_case.shape[0]),
+                "cases_in_mean_per_label": ok.sum(axis=0).astype(int).tolist(),
+                "left_out": left_out,
+            }
+            mean = f"{values.mean():.4f}" if values.size else "undefined"
+            counts = "/".join(str(int(c)) for c in ok.sum(axis=0))
+            why = (
+                f"; not in it (empty ground truth or not finite): {', '.join(map(_short, left_out))}"
+                if left_out
+                else ""
+            )
+            self.logger.info(f"{metric}: mean {mean} over {counts} of {per_case.shape[0]} cases{why}")
+        if report["empty_ground_truth"]:
+            self.logger.warning(
+                f"{len(report['empty_ground_truth'])} of {len(self.cases)} cases have an empty ground truth: "
+                + ", ".join(map(_short, report["empty_ground_truth"]))
+            )
+        self.save_dir.mkdir(parents=True, exist_ok=True)
+        with atomic_write(self.save_dir / "summary.json") as tmp:
+            tmp.write_text(json.dumps(report, indent=1))
+
+
+def _short(path: str) -> str:
+    return Path(path).name

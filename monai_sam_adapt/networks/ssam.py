@@ -17,7 +17,7 @@ from torch import nn
 from ..sam.backbones import DEFAULT_BACKBONE, FrozenSAM
 from .checkpointing import TrainedPartsCheckpoint
 from .svd import adapt_encoder, count_parameters, merge_adapters
-from .text import TextAffineLayer, build_text_encoder, check_label_names
+from .text import TextAffineLayer, build_text_encoder, check_label_names, validate_label_names
 
 __all__ = ["SSAM", "METHODS"]
 
@@ -68,6 +68,7 @@ class SSAM(TrainedPartsCheckpoint, nn.Module):
         **backbone_kwargs: Any,
     ) -> None:
         super().__init__()
+        label_names = validate_label_names(label_names)  # before building anything
         if method not in METHODS:
             raise ValueError(f"method must be one of {METHODS}, got {method!r}.")
         if image_size is not None:

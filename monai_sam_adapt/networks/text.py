@@ -34,7 +34,24 @@ __all__ = [
     "UnknownLabelError",
     "build_text_encoder",
     "check_label_names",
+    "validate_label_names",
 ]
+
+
+def validate_label_names(label_names: Any) -> list[str]:
+    """The label names a model is built for, checked: a list of distinct, non-empty strings. A bare string is refused
+    (``"gland"`` would otherwise become five labels, one per letter), as is an empty list."""
+    if isinstance(label_names, (str, bytes)):
+        raise ValueError(f"label_names must be a list of names, got the string {label_names!r}: use [{label_names!r}].")
+    names = list(label_names) if isinstance(label_names, (list, tuple)) else None
+    if not names:
+        raise ValueError(f"label_names must name at least one label, got {label_names!r}.")
+    bad = [n for n in names if not isinstance(n, str) or not n.strip()]
+    if bad:
+        raise ValueError(f"label_names must be non-empty strings, got {bad} in {names}.")
+    if len(set(names)) != len(names):
+        raise ValueError(f"label_names must be distinct, got {names}.")
+    return names
 
 
 def check_label_names(asked: Sequence[str], known: Sequence[str]) -> list[int]:
@@ -54,9 +71,7 @@ class LabelIndexEncoder(nn.Module):
 
     def __init__(self, label_names: Sequence[str]) -> None:
         super().__init__()
-        self.label_names = list(label_names)
-        if len(set(self.label_names)) != len(self.label_names) or not self.label_names:
-            raise ValueError(f"label_names must be distinct and non-empty, got {self.label_names}.")
+        self.label_names = validate_label_names(label_names)
         self.output_dim = len(self.label_names)
 
     @property

@@ -11,7 +11,7 @@ from typing import Any
 import torch
 from monai.data import MetaTensor
 
-from ..errors import InputError
+from ..errors import InputError, find_error
 from ..transforms.io import LoadMedicalImaged
 from .errors import RequestError
 
@@ -19,15 +19,8 @@ __all__ = ["device_for", "image_shape", "input_error", "read_input", "single_out
 
 
 def input_error(e: BaseException) -> InputError | None:
-    """The :class:`InputError` (unreadable or mismatched input file) in an exception's cause chain, if any: MONAI
-    wraps transform errors in ``RuntimeError`` twice."""
-    seen = set()
-    while e is not None and id(e) not in seen:
-        if isinstance(e, InputError):
-            return e
-        seen.add(id(e))
-        e = e.__cause__ or e.__context__
-    return None
+    """The :class:`InputError` (unreadable or mismatched input file) behind an exception, if any."""
+    return find_error(e, (InputError,))  # type: ignore[return-value]
 
 
 def read_input(path: Any, what: str) -> MetaTensor:
