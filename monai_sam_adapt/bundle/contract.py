@@ -66,6 +66,8 @@ TRAIN_KEYS: dict[str, str] = {
     "batch_size": "training batch size",
     "learning_rate": "optimizer learning rate",
     "resume_from": "a checkpoint of output_dir/checkpoints to resume from, or null",
+    "lr_scheduler": "the learning-rate schedule (saved in resumable checkpoints)",
+    "resumable": "what a resumable checkpoint holds: network, optimizer, trainer, lr_scheduler, best-model saver",
     "network_def": INFER_KEYS["network_def"],
     "train#trainer": "the SupervisedTrainer",
     "validate#evaluator": "the validation SupervisedEvaluator (its best metric selects model.pt)",

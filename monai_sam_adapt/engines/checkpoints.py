@@ -3,7 +3,8 @@
 MONAI's ``CheckpointSaver`` writes with ignite's ``DiskSaver(atomic=False)``: a kill during a save leaves a truncated
 file, and with ``n_saved=1`` it can be the only checkpoint. :class:`AtomicCheckpointSaver` writes every file to a
 temporary file in the same folder and renames it, so the previous checkpoint is removed only once the new one is
-complete. :class:`CheckedCheckpointLoader` checks ``model_path`` and ``--resume_from`` before the run starts.
+complete. :class:`CheckedCheckpointLoader` checks ``model_path`` and ``--resume_from`` before the run starts, and
+:class:`EpochSeed` makes a resumed run draw what the uninterrupted one would have drawn.
 """
 
 from __future__ import annotations
@@ -13,15 +14,17 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from monai.data.utils import set_rnd
 from monai.handlers import CheckpointLoader, CheckpointSaver
-from monai.utils import min_version, optional_import
+from monai.utils import min_version, optional_import, set_determinism
 
 from ..errors import CheckpointError
 from ..sam.checkpoint import read_checkpoint
 
 DiskSaver, _ = optional_import("ignite.handlers", "0.4.11", min_version, "DiskSaver")
+Events, _ = optional_import("ignite.engine", "0.4.11", min_version, "Events")
 
-__all__ = ["AtomicCheckpointSaver", "CheckedCheckpointLoader"]
+__all__ = ["AtomicCheckpointSaver", "CheckedCheckpointLoader", "EpochSeed"]
 
 
 class _AtomicDiskSaver(DiskSaver):
@@ -60,6 +63,41 @@ class AtomicCheckpointSaver(CheckpointSaver):
             checkpoint = getattr(self, attr, None)
             if checkpoint is not None:
                 checkpoint.save_handler = _AtomicDiskSaver(str(save_dir), filename)
+
+    def state_dict(self) -> dict:
+        """What a resumed training needs to go on choosing the best model: the scores of the files kept so far (with
+        a fresh saver, the first validation after resuming would replace ``model.pt`` whatever its score)."""
+        checkpoint = getattr(self, "_key_metric_checkpoint", None)
+        return {"key_metric": dict(checkpoint.state_dict()) if checkpoint is not None else {}}
+
+    def load_state_dict(self, state: Mapping) -> None:
+        checkpoint = getattr(self, "_key_metric_checkpoint", None)
+        if checkpoint is not None and state.get("key_metric"):
+            checkpoint.load_state_dict(state["key_metric"])
+
+
+class EpochSeed:
+    """Seed every epoch from ``(seed, epoch)``: the global generators (shuffling, dropout, DataLoader workers) and the
+    random transforms of ``dataset`` (MONAI seeds them once, when the DataLoader is built, when it has no workers).
+    A training resumed from the checkpoint of epoch ``k`` then draws exactly what the uninterrupted run drew in epoch
+    ``k + 1`` onwards, and ends with the same weights.
+
+    Args:
+        seed: the run's seed.
+        dataset: the training dataset (its transforms are re-seeded). Default ``None``.
+    """
+
+    def __init__(self, seed: int, dataset: Any = None) -> None:
+        self.seed, self.dataset = int(seed), dataset
+
+    def attach(self, engine) -> None:
+        engine.add_event_handler(Events.EPOCH_STARTED, self)
+
+    def __call__(self, engine) -> None:
+        seed = (self.seed + 1_000_003 * engine.state.epoch) % (2**32)
+        set_determinism(seed=seed)
+        if self.dataset is not None:
+            set_rnd(self.dataset, seed)
 
 
 class CheckedCheckpointLoader(CheckpointLoader):
