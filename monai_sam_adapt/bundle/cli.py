@@ -137,11 +137,21 @@ def _excepthook(previous):
         err = find_error(exc)
         if err is None:
             return previous(exc_type, exc, tb)
+        _close_progress_bars()  # else they are redrawn at exit, after the message
         sys.stderr.write(
             f"\nERROR ({type(err).__name__}): {err}\n(add --debug true to the command for the full traceback)\n"
         )
 
     return hook
+
+
+def _close_progress_bars() -> None:
+    try:
+        from tqdm import tqdm
+    except ImportError:  # pragma: no cover - tqdm comes with MONAI's extras
+        return
+    for bar in list(getattr(tqdm, "_instances", [])):
+        bar.close()
 
 
 def guard_cli(argv: Sequence[str] | None = None, force: bool = False) -> None:
@@ -151,6 +161,11 @@ def guard_cli(argv: Sequence[str] | None = None, force: bool = False) -> None:
     if not (force or _running_bundle_cli()):
         return
     options = parse_options(list(sys.argv[1:] if argv is None else argv))
+    if options.get("args_file"):  # an args file holds options too (MONAI reads it as defaults of the command line)
+        try:
+            options = {**{str(k): v for k, v in ConfigParser.load_config_file(options["args_file"]).items()}, **options}
+        except Exception as e:  # noqa: BLE001 - MONAI reports an unreadable args file itself
+            del e
     debug = str(options.get("debug", "false")).lower() in ("1", "true", "yes")
     if not _installed and not debug:
         sys.excepthook = _excepthook(sys.excepthook)

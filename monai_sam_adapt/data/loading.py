@@ -69,7 +69,14 @@ def load_datalist(
                 return v
             return [os.path.join(dataset_dir, f) for f in v] if isinstance(v, list) else os.path.join(dataset_dir, v)
 
-        data = [{k: resolve(k, v) for k, v in item.items()} for item in datalist[key]]
+        entries = datalist[key]
+        bad = [e for e in (entries if isinstance(entries, list) else [entries]) if not isinstance(e, dict)]
+        if not isinstance(entries, list) or bad:
+            raise InputError(
+                f"datalist {key!r} must be a list of entries like {{'image': ..., 'label': ...}}; "
+                f"got {bad[:1] or entries!r}."
+            )
+        data = [{k: resolve(k, v) for k, v in item.items()} for item in entries]
         return check_datalist(data, keys, required, source=f"{key} list of the datalist of {str(dataset_dir)!r}")
     if not Path(datalist).is_file():
         raise InputError(f"datalist {str(datalist)!r} does not exist.")
@@ -79,4 +86,9 @@ def load_datalist(
         )
     except (ValueError, KeyError) as e:
         raise InputError(f"datalist {str(datalist)!r}: {e}") from e
+    except (TypeError, AttributeError) as e:
+        raise InputError(
+            f'datalist {str(datalist)!r}: its {key!r} list must hold entries like {{"image": ..., "label": ...}} '
+            f"({type(e).__name__}: {e})."
+        ) from e
     return check_datalist(data, keys, required, source=f"datalist {str(datalist)!r} [{key}]")

@@ -79,15 +79,18 @@ def read_checkpoint(path: str | os.PathLike, what: str = "checkpoint") -> Any:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
         text = f"{type(e).__name__}: {e}"
-        if "Weights only load failed" in text or isinstance(e, pickle.UnpicklingError):
+        with open(path, "rb") as f:
+            head = f.read(4)
+        if head.startswith(b"PK"):  # torch's zip format
+            problem = "it is truncated or corrupt (an interrupted save or download?)"
+        elif head[:1] == b"\x80" and ("Weights only load failed" in text or isinstance(e, pickle.UnpicklingError)):
             problem = (
                 "it holds pickled Python objects, not only tensors, and is refused without running them. Re-save "
                 "its weights from code you trust with torch.save(model.state_dict(), path) or safetensors"
             )
-        elif "central directory" in text or "failed finding" in text or isinstance(e, EOFError):
-            problem = "it is truncated or corrupt (an interrupted save or download?)"
         else:
-            problem = f"it is not a readable PyTorch or safetensors checkpoint ({text.splitlines()[0][:200]})"
+            detail = "" if "Weights only" in text else f" ({text.splitlines()[0][:200]})"
+            problem = f"it is not a PyTorch or safetensors checkpoint{detail}"
         raise CheckpointError(f"{what} {str(path)!r}: {problem}.") from e
 
 

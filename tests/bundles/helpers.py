@@ -6,9 +6,13 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+from monai.data import PILWriter
+
 from monai_sam_adapt.bundle import bundle_workflow
+from monai_sam_adapt.io import PILMaskWriter, atomic_write
 from tests.tiny import TINY_ARCH
 
 REPO = Path(__file__).resolve().parents[2]
@@ -71,3 +75,31 @@ def _rows(path):
 
 def read_metrics(path) -> dict[str, float]:
     return dict(_rows(path))
+
+
+class SlowMaskWriter(PILMaskWriter):
+    """Test writer: writes like :class:`monai_sam_adapt.io.PILMaskWriter`, then, still inside the atomic write (the
+    temporary file complete, not yet renamed), touches ``$SLOW_WRITER_FLAG`` and sleeps: a signal sent after the flag
+    appears lands during a write."""
+
+    def write(self, filename, verbose: bool = False, **kw):
+        kw.setdefault("reverse_indexing", False)
+        with atomic_write(filename) as tmp:
+            PILWriter.write(self, str(tmp), verbose=verbose, **kw)
+            Path(os.environ["SLOW_WRITER_FLAG"]).touch()
+            time.sleep(60)
+
+
+def bundle_command(bundle: str, config: str, args: dict, workdir: Path, *extra: str) -> list[str]:
+    """``python -m monai.bundle run`` of a bundle config with ``args`` as its args file (the user's command)."""
+    (workdir / "args.json").write_text(json.dumps(args))
+    cfg = f"bundles/{bundle}/configs"
+    return [sys.executable, "-m", "monai.bundle", "run", "--config_file", f"{cfg}/{config}"] + [
+        "--meta_file",
+        f"{cfg}/metadata.json",
+        "--logging_file",
+        f"{cfg}/logging.conf",
+        "--args_file",
+        str(workdir / "args.json"),
+        *extra,
+    ]
