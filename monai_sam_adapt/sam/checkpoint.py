@@ -88,9 +88,10 @@ def read_checkpoint(path: str | os.PathLike, what: str = "checkpoint") -> Any:
                 "it holds pickled Python objects, not only tensors, and is refused without running them. Re-save "
                 "its weights from code you trust with torch.save(model.state_dict(), path) or safetensors"
             )
+        elif head[:1] == b"\x80":
+            problem = f"it is a damaged pickle, not a readable checkpoint ({text.splitlines()[0][:200]})"
         else:
-            detail = "" if "Weights only" in text else f" ({text.splitlines()[0][:200]})"
-            problem = f"it is not a PyTorch or safetensors checkpoint{detail}"
+            problem = "it is not a PyTorch or safetensors checkpoint (neither a zip archive nor a pickle)"
         raise CheckpointError(f"{what} {str(path)!r}: {problem}.") from e
 
 

@@ -91,3 +91,47 @@ def test_predictions_stay_in_output_dir_never_collide_never_overwrite(polyp_fold
     assert (out / "images" / "case4.png").read_bytes() == first
     run_workflow(BUNDLE, "inference.json", output_dir=str(out), overwrite=True, **common, **TINY)
     assert not [p for p in out.rglob(".partial-*")]
+
+
+def test_evaluation_counts_every_case_and_names_empty_ground_truths(polyp_folder, tmp_path):
+    """Issue 14: a case whose ground truth is empty gets ``nan`` Dice and MONAI's mean skips it; the mean must say
+    over how many cases it is and which are left out, and the per-case CSV must still list every case."""
+    import json
+    import logging
+
+    import torch
+    from monai.networks.nets import UNet
+
+    net = UNet(**{k: v for k, v in TINY["network_def"].items() if k != "_target_"})
+    torch.save({"model": net.state_dict()}, tmp_path / "model.pt")
+    write_png = Image.fromarray
+    write_png(np.zeros((64, 64), np.uint8)).save(polyp_folder / "masks" / "case5.png")  # no polyp in this image
+    datalist = {"testing": [{"image": f"images/case{i}.png", "label": f"masks/case{i}.png"} for i in (3, 4, 5)]}
+    out = tmp_path / "ev"
+    records: list[str] = []
+    handler = logging.Handler()
+    handler.emit = lambda r: records.append(r.getMessage())
+    logging.getLogger("monai_sam_adapt.engines.handlers").addHandler(handler)
+    run_workflow(
+        BUNDLE,
+        "evaluate.json",
+        output_dir=str(out),
+        model_path=str(tmp_path / "model.pt"),
+        dataset_dir=str(polyp_folder),
+        datalist=datalist,
+        num_workers=0,
+        **TINY,
+    )
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["cases"] == 3 and [p.split("/")[-1] for p in summary["empty_ground_truth"]] == ["case5.png"]
+    dice = summary["val_mean_dice"]
+    assert dice["cases"] == 3 and dice["cases_in_mean_per_label"] == [2] and dice["left_out"][0].endswith("case5.png")
+    logging.getLogger("monai_sam_adapt.engines.handlers").removeHandler(handler)
+    log = "\n".join(records)
+    assert (
+        "val_mean_dice: mean" in log
+        and "over 2 of 3 cases; not in it (empty ground truth or not finite): case5.png" in log
+    )
+    assert "1 of 3 cases have an empty ground truth: case5.png" in log
+    rows = (out / "val_mean_dice_raw.csv").read_text().strip().splitlines()[1:]
+    assert len(rows) == 3 and "nan" in [r.split("\t")[-1].strip().lower() for r in rows][2]

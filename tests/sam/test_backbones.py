@@ -104,7 +104,7 @@ def test_checkpoint_errors_name_the_file(tmp_path):
         FrozenSAM("vit_b", checkpoint=missing, **TINY_ARCH["vit_b"])
     garbage = tmp_path / "garbage.pth"
     garbage.write_bytes(b"this is not a checkpoint")
-    with pytest.raises(CheckpointError, match="garbage.pth.*not a readable"):
+    with pytest.raises(CheckpointError, match="garbage.pth.*not a PyTorch or safetensors checkpoint"):
         FrozenSAM("vit_b", checkpoint=garbage, **TINY_ARCH["vit_b"])
 
     class Evil:
