@@ -2,6 +2,18 @@
 
 __version__ = "0.1.0"
 
-from . import bundle, data, engines, errors, io, losses, networks, sam, transforms  # noqa: E402  (configs use dotted names)
+from . import bundle, data, engines, errors, io, losses, networks, runtime, sam, transforms  # noqa: E402  (configs use dotted names)
 
-__all__ = ["bundle", "data", "engines", "errors", "io", "losses", "networks", "sam", "transforms", "__version__"]
+__all__ = [
+    "bundle",
+    "data",
+    "engines",
+    "errors",
+    "io",
+    "losses",
+    "networks",
+    "runtime",
+    "sam",
+    "transforms",
+    "__version__",
+]

@@ -80,6 +80,8 @@ OPTIONAL_KEYS: dict[str, str] = {
     "slice_axis": "present in 3D bundles: volumes are sliced along it, and served as volumes (NIfTI out)",
     "label_values": "label value of each name of metadata's channel_def (default 1..K)",
     "input_channels": "names of the channels a bundle reads from separate files (served: one multi-channel image)",
+    "runtime": "inference/evaluation: torch (default), torch-bf16, onnxruntime, openvino or openvino-bf16 for the "
+    "frozen image encoder (monai_sam_adapt.runtime)",
     "overwrite": "inference: replace existing outputs in output_dir (default false: an existing file is refused)",
 }
 #: What :class:`monai_sam_adapt.serving.bundle_task.BundleSegmentationTask` overrides in ``inference.json`` per request.

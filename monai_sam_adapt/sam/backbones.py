@@ -247,6 +247,7 @@ class FrozenSAM(nn.Module):
         )
         self.checkpoint_path: str | None = None
         self.checkpoint_sha256: str | None = None
+        self.encoder_runtime: nn.Module | None = None  # set by monai_sam_adapt.runtime.use_runtime (inference)
         if checkpoint is not None:
             self.load_checkpoint(checkpoint, verify_sha256=verify_sha256)
         self.frozen = freeze
@@ -364,6 +365,8 @@ class FrozenSAM(nn.Module):
                 f"{self.name} expects pre-processed images of shape (B, 3, {self.image_size}, "
                 f"{self.image_size}), got {tuple(images.shape)}; use monai_sam_adapt.transforms.SAMPreprocessd."
             )
+        if self.encoder_runtime is not None and not torch.is_grad_enabled():
+            return self.encoder_runtime(images)
         return self.image_encoder(images)
 
     def dense_pe(self) -> torch.Tensor:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import threading
 from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
@@ -65,6 +66,7 @@ class EmbeddingCache:
         # the key text "identity" is kept so that caches written before the rename stay valid
         self._prefix = json.dumps({"identity": fingerprint, "tag": tag}, sort_keys=True, default=str).encode()
         self._memory: OrderedDict[str, torch.Tensor] = OrderedDict()
+        self._lock = threading.Lock()  # requests of a server may come concurrently
         self.hits = 0
         self.misses = 0
 
@@ -77,9 +79,10 @@ class EmbeddingCache:
         return h.hexdigest()
 
     def _get(self, key: str) -> torch.Tensor | None:
-        if key in self._memory:
-            self._memory.move_to_end(key)
-            return self._memory[key]
+        with self._lock:
+            if key in self._memory:
+                self._memory.move_to_end(key)
+                return self._memory[key]
         if self.directory is not None:
             path = self.directory / f"{key}.safetensors"
             if path.exists():
@@ -96,10 +99,11 @@ class EmbeddingCache:
     def _remember(self, key: str, value: torch.Tensor) -> None:
         if self.max_entries == 0:
             return
-        self._memory[key] = value
-        self._memory.move_to_end(key)
-        while len(self._memory) > self.max_entries:
-            self._memory.popitem(last=False)
+        with self._lock:
+            self._memory[key] = value
+            self._memory.move_to_end(key)
+            while len(self._memory) > self.max_entries:
+                self._memory.popitem(last=False)
 
     def _put(self, key: str, value: torch.Tensor) -> None:
         value = value.detach().to("cpu", self.dtype).contiguous()
@@ -115,8 +119,9 @@ class EmbeddingCache:
         keys = [self.key(x) for x in images]
         found = [self._get(k) for k in keys]
         miss = [i for i, f in enumerate(found) if f is None]
-        self.hits += len(keys) - len(miss)
-        self.misses += len(miss)
+        with self._lock:
+            self.hits += len(keys) - len(miss)
+            self.misses += len(miss)
         if miss:
             with torch.no_grad():
                 new = encode(images[miss])
@@ -139,4 +144,9 @@ class EmbeddingCache:
     def __getstate__(self) -> dict:  # DataLoader workers / deepcopy: share nothing big
         d = dict(self.__dict__)
         d["_memory"] = OrderedDict()
+        del d["_lock"]
         return d
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.Lock()

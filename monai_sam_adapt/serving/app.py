@@ -17,6 +17,7 @@ from monailabel.interfaces.tasks.train import TrainTask
 import monai_sam_adapt
 
 from ..bundle import bundle_labels, find_bundles
+from ..runtime import check_runtime
 from .bundle_task import BundleSegmentationTask
 from .bundle_training import BundleTrainingTask
 from .datastore import CheckedLocalDatastore, SegDICOMWebDatastore
@@ -71,6 +72,8 @@ class SAMAdaptApp(MONAILabelApp):
     - ``bundles``: the bundles folder (default: ``bundles/`` of this checkout).
     - ``backbone`` / ``checkpoint``: the interactive model's frozen SAM (default LiteMedSAM, offline).
     - ``device``: ``cuda`` or ``cpu`` (default: CUDA when available).
+    - ``runtime``: how the frozen image encoders run on a CPU: ``torch`` (default), ``torch-bf16``, ``onnxruntime``,
+      ``openvino``, ``openvino-bf16`` (:mod:`monai_sam_adapt.runtime`), for every model and the interactive one.
 
     Nothing is downloaded at start: no model zoo, no SAM2, no dcmqi (DICOM SEG is written with highdicom).
     """
@@ -80,6 +83,7 @@ class SAMAdaptApp(MONAILabelApp):
         self.bundles_dir = Path(conf.get("bundles") or default_bundles_dir()).resolve()
         self.bundles = served_bundles(self.bundles_dir, conf.get("models", "all"))
         self.device = conf.get("device") or None
+        self.runtime = check_runtime(conf.get("runtime") or "torch")
         self.model_dir = Path(app_dir) / "model"
         labels: dict[str, int] = {}
         for path in self.bundles.values():
@@ -123,11 +127,16 @@ class SAMAdaptApp(MONAILabelApp):
 
     def init_infers(self) -> dict[str, InferTask]:
         infers: dict[str, InferTask] = {
-            name: BundleSegmentationTask(path, device=self.device, trained_path=self.model_dir / name / "model.pt")
+            name: BundleSegmentationTask(
+                path, device=self.device, trained_path=self.model_dir / name / "model.pt", runtime=self.runtime
+            )
             for name, path in self.bundles.items()
         }
         infers[INTERACTIVE] = InteractiveSAMTask(
-            self.conf.get("backbone", "lite_medsam"), self.conf.get("checkpoint", "default"), device=self.device
+            self.conf.get("backbone", "lite_medsam"),
+            self.conf.get("checkpoint", "default"),
+            device=self.device,
+            runtime=self.runtime,
         )
         return infers
 

@@ -45,9 +45,14 @@ class BundleSegmentationTask(InferTask):
     """
 
     def __init__(
-        self, bundle_dir: str | os.PathLike, device: str | None = None, trained_path: str | os.PathLike | None = None
+        self,
+        bundle_dir: str | os.PathLike,
+        device: str | None = None,
+        trained_path: str | os.PathLike | None = None,
+        runtime: str | None = None,
     ) -> None:
         self.bundle_dir = Path(bundle_dir).resolve()
+        self.runtime = runtime
         self.config_file = self.bundle_dir / "configs" / "inference.json"
         self.bundle_model = self.bundle_dir / "models" / "model.pt"
         self.trained_path = Path(trained_path) if trained_path else None
@@ -84,6 +89,8 @@ class BundleSegmentationTask(InferTask):
     def _parser(self, device: torch.device) -> ConfigParser:
         parser = ConfigParser(copy.deepcopy(self._bundle_config))  # read once; every request parses its own copy
         parser["device"] = f"$torch.device('{device}')"
+        if self.runtime:
+            parser["runtime"] = self.runtime
         return parser
 
     def network(self, device: torch.device) -> tuple[Any, Any]:

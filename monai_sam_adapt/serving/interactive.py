@@ -20,7 +20,9 @@ from monailabel.interfaces.tasks.infer_v2 import InferTask, InferType
 from segment_anything.utils.transforms import ResizeLongestSide
 
 from ..io import AtomicNibabelWriter, PILMaskWriter
+from ..runtime import check_runtime, use_runtime
 from ..sam.backbones import DEFAULT_BACKBONE, FrozenSAM
+from ..sam.cache import EmbeddingCache
 from ..transforms import CTWindow, SAMPreprocess
 from .errors import RequestError
 from .inputs import device_for, read_input, single_output
@@ -88,10 +90,18 @@ class InteractiveSAMTask(InferTask):
 
     The result is a label map on the input's grid (NIfTI for volumes, PNG for 2D images).
 
+    The image embedding of each slice is kept (:class:`~monai_sam_adapt.sam.EmbeddingCache`, keyed by the exact
+    encoder input: the same image, slice and window): the first request on a slice runs the image encoder, the next
+    clicks or boxes on it only the decoder. A changed image, slice or window is a different key (never a stale hit);
+    ``cache_size`` slices are kept (about 4 MB each for LiteMedSAM), least recently used first out; requests may
+    come concurrently.
+
     Args:
         backbone: a :class:`FrozenSAM` or registry name. Default LiteMedSAM (offline weights).
         checkpoint: its checkpoint when ``backbone`` is a name. Default ``"default"``.
         device: ``"cuda"``, ``"cpu"`` or ``None`` (CUDA when available).
+        runtime: how the image encoder runs (:data:`monai_sam_adapt.runtime.RUNTIMES`). Default ``"torch"``.
+        cache_size: slice embeddings kept. Default 32.
         backbone_kwargs: architecture overrides (tiny test models).
     """
 
@@ -102,6 +112,8 @@ class InteractiveSAMTask(InferTask):
         device: str | None = None,
         click_box: bool | None = None,
         click_margin: float = 0.1,
+        runtime: str = "torch",
+        cache_size: int = 32,
         **backbone_kwargs: Any,
     ) -> None:
         super().__init__(
@@ -116,7 +128,10 @@ class InteractiveSAMTask(InferTask):
         self.click_box = (name == "lite_medsam") if click_box is None else bool(click_box)
         self.click_margin = float(click_margin)
         self._device = device
+        self.runtime = check_runtime(runtime)
+        self.cache_size = int(cache_size)
         self._sam: FrozenSAM | None = None
+        self._embeddings: EmbeddingCache | None = None
         self._lock = threading.Lock()
 
     def is_valid(self) -> bool:
@@ -127,6 +142,8 @@ class InteractiveSAMTask(InferTask):
             if self._sam is None:
                 b = self._backbone
                 self._sam = b if isinstance(b, FrozenSAM) else FrozenSAM(b, self._checkpoint, **self._kwargs)
+                use_runtime(self._sam, self.runtime)
+                self._embeddings = EmbeddingCache(max_entries=self.cache_size, fingerprint=self._sam.fingerprint)
             return self._sam.to(device)
 
     def __call__(self, request: dict[str, Any]) -> tuple[str, dict[str, Any]]:
@@ -218,7 +235,7 @@ class InteractiveSAMTask(InferTask):
             low = 4 * sam.embedding_size[0]
             m = F.interpolate(m.as_tensor()[None], size=(low, low), mode="area")
             masks = ((m * 2 - 1) * 10).to(device)[:, None].expand(-1, n, -1, -1, -1)  # logits: +10 in, -10 out
-        emb = sam.encode(x.as_tensor()[None].to(device))
+        emb = self._embeddings(x.as_tensor()[None].to(device), sam.encode)
         single = masks is None and boxes is None and len(lab) == 1
         logits, iou = sam.decode(
             emb, boxes=boxes, points=points, point_labels=labels, masks=masks, multimask_output=single

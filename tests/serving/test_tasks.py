@@ -238,3 +238,50 @@ def test_documented_server_command_uses_this_interpreter_and_our_app(capsys):
     assert cmd[i : i + 3] == ["--conf", "models", "ssam_glas"]
     test_cmd = label_server_command(APP_DIR, "/s", 9000)  # what the server tests start
     assert test_cmd[:3] == [sys.executable, "-m", "monai_sam_adapt.serving"]
+
+
+def test_clicks_on_the_same_slice_reuse_its_embedding_and_a_new_image_or_window_does_not(tmp_path):
+    """Issue 15: the first request on a slice encodes it; later clicks there only decode. Another slice, another
+    window or a changed image is another key; concurrent requests are safe."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    sam = tiny_backbone("vit_b")
+    task = InteractiveSAMTask(sam, device="cpu", cache_size=4)
+    calls = []
+    encode = sam.image_encoder.forward
+    sam.image_encoder.forward = lambda x: (calls.append(x.shape[0]), encode(x))[1]
+    vol = oblique_volume(tmp_path / "v.nii.gz")
+
+    def click(z, xy=(10, 10), **extra):
+        return task({"image": str(vol), "foreground": [[*xy, z]], **extra})
+
+    click(3)
+    assert len(calls) == 1
+    for xy in [(12, 11), (14, 9), (8, 12)]:  # three more clicks on slice 3: decoder only
+        click(3, xy)
+    assert len(calls) == 1 and task._embeddings.hits == 3
+    click(4)  # another slice
+    assert len(calls) == 2
+    click(3, ct_window="liver")  # another window: another encoder input
+    assert len(calls) == 3
+    data = nib.load(vol)
+    nib.save(nib.Nifti1Image(np.asarray(data.dataobj) + 7, data.affine), vol)  # the image changed on disk
+    click(3)
+    assert len(calls) == 4
+    with ThreadPoolExecutor(4) as pool:  # concurrent clicks on cached and new slices
+        list(pool.map(lambda z: click(z), [3, 3, 0, 1, 3, 2]))
+    assert len(task._embeddings) <= 4
+
+
+def test_interactive_task_runs_its_encoder_in_the_chosen_runtime(tmp_path, monkeypatch):
+    monkeypatch.setenv("MONAI_SAM_CACHE", str(tmp_path / "cache"))
+    vol = oblique_volume(tmp_path / "v.nii.gz")
+    request = {"image": str(vol), "foreground": [[10, 10, 3]], "box": [4, 4, 20, 20, 3]}
+    import copy
+
+    sam = tiny_backbone("vit_b")
+    ref = nib.load(InteractiveSAMTask(sam, device="cpu")(request)[0]).get_fdata()
+    fast = InteractiveSAMTask(copy.deepcopy(sam), device="cpu", runtime="openvino")
+    got = nib.load(fast(request)[0]).get_fdata()
+    assert fast.sam(torch.device("cpu")).encoder_runtime is not None
+    assert (got == ref).mean() > 0.999
