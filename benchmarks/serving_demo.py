@@ -41,58 +41,41 @@ def main() -> None:
     from monailabel.client import MONAILabelClient
 
     from monai_sam_adapt.dicom_seg import label_frames, read_dicom_series
-    from monai_sam_adapt.serving.orthanc import free_port, start_orthanc
     from monai_sam_adapt.transforms import LoadMedicalImaged
-    from tests.serving.stack import screenshot_study, start_label_server, upload_instances
+    from tests.serving.stack import screenshot_study, served_series
 
     out = Path(args.out)
     files = sorted(f for f in Path(args.series).iterdir() if f.is_file())
     datasets = read_dicom_series(args.series)
     expert = label_frames(LoadMedicalImaged("x")({"x": args.label})["x"], datasets) > 0  # (slices, rows, cols)
     study = str(pydicom.dcmread(files[0], stop_before_pixels=True).StudyInstanceUID)
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, served_series(files, tmp) as (series, url, orthanc, _, startup):
         tmp = Path(tmp)
-        port = free_port()
-        orthanc = start_orthanc(tmp / "orthanc", port)
-        server = None
-        try:
-            (series,) = upload_instances(f"http://127.0.0.1:{port}", files)
-            t0 = time.time()
-            server, url = start_label_server(f"http://127.0.0.1:{port}/dicom-web", tmp / "label")
-            startup = time.time() - t0
-            client = MONAILabelClient(url, tmpdir=str(tmp / "client"))
-            models = sorted(client.info()["models"])
-            times, label = [], None
-            for k, frame in enumerate(expert):
-                if not frame.any():
-                    continue
-                rows, cols = np.nonzero(frame)
-                box = [int(cols.min()), int(rows.min()), int(cols.max()), int(rows.max()), k]  # [x0, y0, x1, y1, z]
-                t = time.time()
-                label, _ = client.infer("sam_interactive", series, {"box": box, "ct_window": "abdomen"}, label_in=label)
-                times.append(time.time() - t)
-            pred = label_frames(LoadMedicalImaged("x")({"x": label})["x"], datasets) > 0
+        client = MONAILabelClient(url, tmpdir=str(tmp / "client"))
+        models = sorted(client.info()["models"])
+        times, label = [], None
+        for k, frame in enumerate(expert):
+            if not frame.any():
+                continue
+            rows, cols = np.nonzero(frame)
+            box = [int(cols.min()), int(rows.min()), int(cols.max()), int(rows.max()), k]  # [x0, y0, x1, y1, z]
             t = time.time()
-            client.save_label(series, label, tag="final", params={"label_names": {args.name: 1}})
-            save_s = time.time() - t
-            import highdicom as hd
-            from dicomweb_client import DICOMwebClient
+            label, _ = client.infer("sam_interactive", series, {"box": box, "ct_window": "abdomen"}, label_in=label)
+            times.append(time.time() - t)
+        pred = label_frames(LoadMedicalImaged("x")({"x": label})["x"], datasets) > 0
+        t = time.time()
+        client.save_label(series, label, tag="final", params={"label_names": {args.name: 1}})
+        save_s = time.time() - t
+        import highdicom as hd
+        from dicomweb_client import DICOMwebClient
 
-            dw = DICOMwebClient(f"http://127.0.0.1:{port}/dicom-web")
-            seg_series = [
-                pydicom.Dataset.from_json(s) for s in dw.search_for_series(search_filters={"Modality": "SEG"})
-            ]
-            seg = hd.seg.Segmentation.from_dataset(
-                dw.retrieve_series(seg_series[0].StudyInstanceUID, seg_series[0].SeriesInstanceUID)[0]
-            )
-            back = seg.get_pixels_by_source_instance([d.SOPInstanceUID for d in datasets], combine_segments=True) > 0
-            plain, shown = screenshot_study(url, study, out / "ohif_liver.png")
-        finally:
-            if server is not None:
-                server.terminate()
-                server.wait(30)
-            orthanc.terminate()
-            orthanc.wait(30)
+        dw = DICOMwebClient(f"{orthanc}/dicom-web")
+        seg_series = [pydicom.Dataset.from_json(s) for s in dw.search_for_series(search_filters={"Modality": "SEG"})]
+        seg = hd.seg.Segmentation.from_dataset(
+            dw.retrieve_series(seg_series[0].StudyInstanceUID, seg_series[0].SeriesInstanceUID)[0]
+        )
+        back = seg.get_pixels_by_source_instance([d.SOPInstanceUID for d in datasets], combine_segments=True) > 0
+        plain, shown = screenshot_study(url, study, out / "ohif_liver.png")
 
     def dice(a, b):
         return float(2 * (a & b).sum() / (a.sum() + b.sum()))

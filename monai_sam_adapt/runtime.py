@@ -202,3 +202,49 @@ class _WholeNetwork(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.network(x) if torch.is_grad_enabled() and self.training else self.fast(x)
+
+
+def export_bundle(
+    bundle_dir: str | os.PathLike, output: str | os.PathLike, model_path: str | os.PathLike | None = None
+) -> Path:
+    """Export a bundle's frozen image encoder, with its trained weights (S-SAM's singular values merged), to ONNX;
+    for a bundle without a SAM encoder (``unet_kvasir``), the whole network. Returns the written file."""
+    from ignite.handlers import Checkpoint
+
+    from .bundle import config_parser
+    from .sam.backbones import FrozenSAM, get_spec
+    from .sam.checkpoint import read_checkpoint
+
+    parser = config_parser(bundle_dir, "inference.json", runtime="torch", device="$torch.device('cpu')")
+    network = parser.get_parsed_content("network")
+    path = model_path or parser.get_parsed_content("model_path")
+    if path:
+        Checkpoint.load_objects(to_load={"model": network}, checkpoint=read_checkpoint(path, "model_path"))
+    network.eval()
+    sams = [m for m in network.modules() if isinstance(m, FrozenSAM)]
+    if sams:
+        module, size, channels = sams[0].image_encoder, sams[0].image_size, 3
+    else:
+        module = network
+        size = parser.get("image_size") or get_spec(parser.get("backbone") or "lite_medsam").image_size
+        channels = 3
+    return export_onnx(module, torch.rand(1, channels, size, size), output)
+
+
+def main(argv: list[str] | None = None) -> None:
+    import argparse
+
+    p = argparse.ArgumentParser(
+        prog="python -m monai_sam_adapt.runtime",
+        description="Export a bundle's frozen image encoder (S-SAM adapters merged; the whole network for a bundle "
+        "without SAM) to ONNX, as the runtimes use it.",
+    )
+    p.add_argument("bundle", help="bundle folder, e.g. bundles/ssam_glas")
+    p.add_argument("-o", "--output", required=True, help="ONNX file to write")
+    p.add_argument("--model_path", default=None, help="weights (default: the bundle's models/model.pt)")
+    a = p.parse_args(argv)
+    print(export_bundle(a.bundle, a.output, a.model_path))
+
+
+if __name__ == "__main__":
+    main()

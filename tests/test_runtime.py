@@ -153,3 +153,33 @@ def test_real_litemedsam_encoder_exported_equals_eager():
             got = sam.encode(x)
             assert float((got - ref).abs().max()) < 1e-3 * float(ref.abs().max()), runtime
             assert isinstance(sam.encoder_runtime, RuntimeModule)
+
+
+@pytest.mark.integration
+def test_exported_ssam_glas_encoder_equals_the_trained_adapted_encoder(tmp_path):
+    """The documented export command on a bundle with trained S-SAM adapters: the ONNX file (adapters merged) gives
+    the eager adapted encoder's embedding on a real GlaS image."""
+    import onnxruntime as ort
+    from ignite.handlers import Checkpoint
+
+    from monai_sam_adapt.bundle import config_parser
+    from monai_sam_adapt.runtime import main
+    from monai_sam_adapt.sam.checkpoint import read_checkpoint
+    from monai_sam_adapt.transforms import LoadMedicalImaged, SAMPreprocessd
+    from tests.bundles.helpers import REPO
+    from tests.conftest import data_path
+
+    out = tmp_path / "ssam_glas_encoder.onnx"
+    main([str(REPO / "bundles" / "ssam_glas"), "-o", str(out)])
+    image = data_path("glas") / "testA_1.png"
+    d = LoadMedicalImaged("image")({"image": str(image)})
+    x = SAMPreprocessd("image", backbone="lite_medsam")(d)["image"].as_tensor()[None]
+    parser = config_parser(REPO / "bundles" / "ssam_glas", "inference.json", device="$torch.device('cpu')")
+    net = parser.get_parsed_content("network")
+    state = read_checkpoint(REPO / "bundles" / "ssam_glas" / "models" / "model.pt")
+    Checkpoint.load_objects(to_load={"model": net}, checkpoint=state)
+    with torch.no_grad():
+        ref = net.eval().sam.image_encoder(x)
+    session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    got = torch.from_numpy(session.run(None, {session.get_inputs()[0].name: x.numpy()})[0])
+    assert float((got - ref).abs().max()) < 1e-3 * float(ref.abs().max())

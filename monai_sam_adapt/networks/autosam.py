@@ -9,17 +9,26 @@ from __future__ import annotations
 import os
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
 from ..sam.backbones import DEFAULT_BACKBONE, FrozenSAM
 from ..sam.cache import EmbeddingCache
-from .blocks import CNNPromptEncoder, EmbeddingHeadPromptEncoder, SurrogateDecoder
+from .blocks import (
+    EFFICIENTNET_LITE0_SHA256,
+    CNNPromptEncoder,
+    EfficientNetPromptEncoder,
+    EmbeddingHeadPromptEncoder,
+    SurrogateDecoder,
+)
 from .checkpointing import TrainedPartsCheckpoint
 
-__all__ = ["OUTPUTS", "AutoSAM", "autosam_lite_medsam"]
+__all__ = ["CASCADES", "OUTPUTS", "PROMPT_ENCODERS", "AutoSAM", "autosam_lite_medsam"]
 
 OUTPUTS = ("sam", "h", "both")
+PROMPT_ENCODERS = ("head", "cnn", "efficientnet")
+CASCADES = (False, "box", "components")
 
 
 class AutoSAM(TrainedPartsCheckpoint, nn.Module):
@@ -33,8 +42,9 @@ class AutoSAM(TrainedPartsCheckpoint, nn.Module):
         backbone: a :class:`FrozenSAM` or a registry name. Default ``"lite_medsam"``.
         checkpoint: the backbone checkpoint when ``backbone`` is a name. Default ``"default"``.
         num_classes: classes (one dense prompt and one decoder pass each, batched). Default 1.
-        prompt_encoder: ``"head"`` (light head over the frozen SAM embedding) or ``"cnn"`` (CNN encoder-decoder over the
-            image). Default ``"head"``.
+        prompt_encoder: ``"head"`` (light head over the frozen SAM embedding), ``"cnn"`` (CNN encoder-decoder over the
+            image, from scratch) or ``"efficientnet"`` (ImageNet EfficientNet-Lite0 + feature pyramid, fused with the
+            SAM embedding: :class:`~monai_sam_adapt.networks.blocks.EfficientNetPromptEncoder`). Default ``"head"``.
         prompt_encoder_kwargs: passed to the prompt encoder class. Default ``None``.
         surrogate: build h. Default ``True``.
         output: what ``forward`` returns: ``"sam"`` (decoder logits), ``"h"`` (surrogate logits) or ``"both"``
@@ -42,6 +52,9 @@ class AutoSAM(TrainedPartsCheckpoint, nn.Module):
             Default ``"sam"``.
         cache: an :class:`EmbeddingCache`; ``True`` for an in-memory one; a folder path for one on disk (both keyed by
             this backbone's fingerprint); or ``None``. Default ``None``.
+        cascade: at inference (``eval()``), run the frozen decoder once more with the box around each class's
+            automatic mask as a prompt (AutoSAM's dense prompt kept): ``False``, ``"box"`` (one box around the whole
+            mask) or ``"components"`` (a box per connected component, the masks united). Default ``False``.
         backbone_kwargs: architecture overrides of the backbone (tiny test models).
 
     Example::
@@ -52,7 +65,7 @@ class AutoSAM(TrainedPartsCheckpoint, nn.Module):
     Paper: https://arxiv.org/abs/2306.06370 (the reference g is a HarDNet-85, 41.6 M parameters).
     """
 
-    fingerprint_keys = ("backbone", "sha256", "arch", "num_classes")
+    fingerprint_keys = ("backbone", "sha256", "arch", "num_classes", "prompt_encoder", "g_pretrained_sha256")
     legacy_prefixes = {"g.": "image_prompt_encoder.", "h.": "surrogate_decoder."}  # names before 0.2
 
     def __init__(
@@ -65,13 +78,16 @@ class AutoSAM(TrainedPartsCheckpoint, nn.Module):
         surrogate: bool = True,
         output: str = "sam",
         cache: EmbeddingCache | bool | str | os.PathLike | None = None,
+        cascade: bool | str = False,
         **backbone_kwargs: Any,
     ) -> None:
         super().__init__()
         if num_classes < 1:
             raise ValueError(f"num_classes must be >= 1, got {num_classes}.")
-        if prompt_encoder not in ("head", "cnn"):
-            raise ValueError(f"prompt_encoder must be 'head' or 'cnn', got {prompt_encoder!r}.")
+        if prompt_encoder not in PROMPT_ENCODERS:
+            raise ValueError(f"prompt_encoder must be one of {PROMPT_ENCODERS}, got {prompt_encoder!r}.")
+        if cascade not in CASCADES:
+            raise ValueError(f"cascade must be one of {CASCADES}, got {cascade!r}.")
         if output not in OUTPUTS:
             raise ValueError(f"output must be one of {OUTPUTS}, got {output!r}.")
         if output in ("h", "both") and not surrogate:
@@ -80,8 +96,13 @@ class AutoSAM(TrainedPartsCheckpoint, nn.Module):
         self.num_classes, self.output = num_classes, output
         dim = self.sam.embed_dim
         kw = dict(prompt_encoder_kwargs or {})
+        self.prompt_encoder_name, self.cascade = prompt_encoder, cascade
         if prompt_encoder == "head":
             self.image_prompt_encoder = EmbeddingHeadPromptEncoder(dim, num_classes, **kw)
+        elif prompt_encoder == "efficientnet":
+            kw.setdefault("image_size", self.sam.image_size)
+            self._g_weights = kw.get("weights", "imagenet")
+            self.image_prompt_encoder = EfficientNetPromptEncoder(dim, num_classes, **kw)
         else:
             kw.setdefault("downsample", self.sam.image_size // self.sam.embedding_size[0])
             self.image_prompt_encoder = CNNPromptEncoder(dim, num_classes, **kw)
@@ -97,7 +118,20 @@ class AutoSAM(TrainedPartsCheckpoint, nn.Module):
 
     # ------------------------------------------------------------------ checkpoints hold g and h only
     def checkpoint_fingerprint(self) -> dict:
-        return {"method": "AutoSAM", "num_classes": self.num_classes, **self.sam.fingerprint}
+        out = {"method": "AutoSAM", "num_classes": self.num_classes, **self.sam.fingerprint}
+        if self.prompt_encoder_name == "efficientnet":  # g starts from ImageNet weights: name them too
+            out["prompt_encoder"] = "efficientnet-lite0"
+            out["g_pretrained_sha256"] = self._g_weights_sha256
+        return out
+
+    @property
+    def _g_weights_sha256(self) -> str | None:
+        from ..sam.checkpoint import file_sha256
+
+        weights = getattr(self, "_g_weights", None)
+        if weights is None:
+            return None
+        return EFFICIENTNET_LITE0_SHA256 if str(weights) == "imagenet" else file_sha256(weights)
 
     def trainable_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters() if p.requires_grad)
@@ -115,21 +149,60 @@ class AutoSAM(TrainedPartsCheckpoint, nn.Module):
         b, _, h, w = dense.shape
         return dense.reshape(b, self.num_classes, self.sam.embed_dim, h, w)
 
-    def forward(self, image: torch.Tensor) -> torch.Tensor:
+    def forward(self, image: torch.Tensor, g_image: torch.Tensor | None = None) -> torch.Tensor:
         """``image (B, 3, S, S)`` pre-processed for the backbone -> logits ``(B, K, S, S)`` (``(B, 2K, S, S)`` for
-        ``output="both"``)."""
+        ``output="both"``).
+
+        ``g_image``: what g sees instead of ``image`` (training: a photometrically augmented copy on the same pixel
+        grid, while the frozen encoder, and its cache, see the clean image). Default ``image``."""
         embedding = self.embed(image)
-        dense = self.dense_prompts(image, embedding)
+        dense = self.dense_prompts(image if g_image is None else g_image, embedding)
         outs = []
         if self.output in ("sam", "both"):
             low, _ = self.sam.decode(embedding, dense=dense)
-            outs.append(self.sam.upscale(low[:, :, 0]))
+            low = low[:, :, 0]
+            if self.cascade and not self.training:
+                low = self.refine(embedding, dense, low)
+            outs.append(self.sam.upscale(low))
         if self.output in ("h", "both"):
             d = dense.detach() if self.output == "both" else dense  # h learns beside g, never through it
             b, k = d.shape[:2]
             low_h = self.surrogate_decoder(d.flatten(0, 1)).reshape(b, k, 4 * d.shape[-2], 4 * d.shape[-1])
             outs.append(self.sam.upscale(low_h))
         return torch.cat(outs, 1)
+
+    def refine(self, embedding: torch.Tensor, dense: torch.Tensor, low: torch.Tensor) -> torch.Tensor:
+        """The self-prompt cascade: low-resolution logits ``(B, K, h, w)`` -> the frozen decoder's logits with the box
+        of each class's mask (or of each of its connected components) as a prompt. A class with an empty mask keeps
+        its first logits."""
+        from monai.transforms.utils import generate_spatial_bounding_box
+
+        masks = self.sam.upscale(low) > 0  # (B, K, S, S) on the encoder's input grid, where boxes live
+        out = low.clone()
+        for b in range(low.shape[0]):
+            for k in range(low.shape[1]):
+                m = masks[b, k]
+                if not bool(m.any()):
+                    continue
+                parts = _components(m) if self.cascade == "components" else [m]
+                boxes = []
+                for part in parts:
+                    (r0, c0), (r1, c1) = generate_spatial_bounding_box(part[None].cpu())
+                    boxes.append([float(c0), float(r0), float(c1 - 1), float(r1 - 1)])  # SAM: x = column
+                box = torch.tensor([boxes], dtype=embedding.dtype, device=embedding.device)  # (1, n, 4)
+                d = dense[b : b + 1, k : k + 1].expand(-1, len(boxes), -1, -1, -1)
+                again, _ = self.sam.decode(embedding[b : b + 1], boxes=box, dense=d)
+                out[b, k] = again[0, :, 0].amax(0)  # the components' masks united
+        return out
+
+
+def _components(mask: torch.Tensor) -> list[torch.Tensor]:
+    """Connected components (8-connected) of a 2D boolean mask, largest first."""
+    from scipy import ndimage
+
+    labels, n = ndimage.label(mask.cpu().numpy(), structure=np.ones((3, 3)))
+    parts = [torch.from_numpy(labels == i) for i in range(1, n + 1)]
+    return sorted(parts, key=lambda p: -int(p.sum()))
 
 
 def autosam_lite_medsam(

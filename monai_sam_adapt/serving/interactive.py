@@ -186,18 +186,32 @@ class InteractiveSAMTask(InferTask):
         device = device_for(request.get("device") or self._device)
         sam = self.sam(device)
         result = (label[0] if label is not None else torch.zeros(spatial)).clone().to(torch.int64)
+        encoded: list[int] = []  # slices this request had to encode (the others' embeddings were reused)
+
+        def encode(x: torch.Tensor) -> torch.Tensor:
+            encoded.append(x.shape[0])
+            return sam.encode(x)
+
         with torch.no_grad():
             for k, prompts in sorted(by_slice.items()):
                 plane = image[..., k] if ndim == 3 else image
                 prior = None if label is None else ((label[0][..., k] if ndim == 3 else label[0]) == value)
-                mask = self._segment_plane(sam, plane, prompts, prior, device)
+                mask = self._segment_plane(sam, plane, prompts, prior, device, encode)
                 target = result[..., k] if ndim == 3 else result
                 target[target == value] = 0
                 target[mask & (target == 0)] = value  # other labels' voxels are never taken over
-        return self._write(result, image), {"slices": sorted(by_slice), "label_value": value}
+        params = {"slices": sorted(by_slice), "label_value": value, "encoded_slices": sum(encoded)}
+        params["reused_slices"] = len(by_slice) - params["encoded_slices"]
+        return self._write(result, image), params
 
     def _segment_plane(
-        self, sam: FrozenSAM, plane: torch.Tensor, prompts: dict, prior: torch.Tensor | None, device: torch.device
+        self,
+        sam: FrozenSAM,
+        plane: torch.Tensor,
+        prompts: dict,
+        prior: torch.Tensor | None,
+        device: torch.device,
+        encode=None,
     ) -> torch.Tensor:
         """One 2D plane ``(C, H, W)`` (rows first) with its prompts -> boolean mask ``(H, W)`` on the plane's grid."""
         s = sam.image_size
@@ -235,7 +249,7 @@ class InteractiveSAMTask(InferTask):
             low = 4 * sam.embedding_size[0]
             m = F.interpolate(m.as_tensor()[None], size=(low, low), mode="area")
             masks = ((m * 2 - 1) * 10).to(device)[:, None].expand(-1, n, -1, -1, -1)  # logits: +10 in, -10 out
-        emb = self._embeddings(x.as_tensor()[None].to(device), sam.encode)
+        emb = self._embeddings(x.as_tensor()[None].to(device), encode or sam.encode)
         single = masks is None and boxes is None and len(lab) == 1
         logits, iou = sam.decode(
             emb, boxes=boxes, points=points, point_labels=labels, masks=masks, multimask_output=single

