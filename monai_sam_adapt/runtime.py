@@ -100,13 +100,13 @@ class RuntimeModule(nn.Module):
         self._stamp: tuple[int, ...] | None = None
         self._lock = threading.Lock()
 
-    def _version(self) -> tuple[int, ...]:
+    def _weights_version(self) -> tuple[int, ...]:
         """Changes when any weight is modified in place (``load_state_dict`` copies into the tensors)."""
         return tuple(t._version for t in self.module.state_dict(keep_vars=True).values())
 
     def _session(self, example: torch.Tensor):
         with self._lock:
-            stamp = self._version()
+            stamp = self._weights_version()
             if stamp != self._stamp:
                 self._compiled.clear()
                 self._stamp = stamp

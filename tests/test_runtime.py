@@ -183,3 +183,15 @@ def test_exported_ssam_glas_encoder_equals_the_trained_adapted_encoder(tmp_path)
     session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
     got = torch.from_numpy(session.run(None, {session.get_inputs()[0].name: x.numpy()})[0])
     assert float((got - ref).abs().max()) < 1e-3 * float(ref.abs().max())
+
+
+def test_a_network_with_a_runtime_still_saves_its_checkpoint():
+    """Training checkpoints pickle the state dict (with each module's metadata): the compiled runtime must not ride
+    along (it did once, through a method that shadowed nn.Module's ``_version``)."""
+    import io
+
+    sam = tiny_backbone("vit_b")
+    use_runtime(sam, "openvino")
+    with torch.no_grad():
+        sam.encode(torch.rand(1, 3, 64, 64))
+    torch.save(sam.state_dict(), io.BytesIO())

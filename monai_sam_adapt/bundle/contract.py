@@ -67,6 +67,8 @@ TRAIN_KEYS: dict[str, str] = {
     "learning_rate": "optimizer learning rate",
     "resume_from": "a checkpoint of output_dir/checkpoints to resume from, or null",
     "lr_scheduler": "the learning-rate schedule (saved in resumable checkpoints)",
+    "runtime": "how the frozen image encoder runs where no gradient flows through it (AutoSAM's cached embeddings)",
+    "train_prepare_batch": "the trainer's prepare_batch (AutoSAM's g_prepare_batch hands g its augmented copy)",
     "resumable": "what a resumable checkpoint holds: network, optimizer, trainer, lr_scheduler, best-model saver",
     "network_def": INFER_KEYS["network_def"],
     "train#trainer": "the SupervisedTrainer",

@@ -141,9 +141,9 @@ def test_train_pretrained_g_with_photometric_augmentation_and_cascade(polyp_fold
         output_dir=str(tmp_path / "run"),
         ckpt_dir=str(tmp_path / "models"),
         max_epochs=2,
-        augmentation=data_2d["flips_photometric_g"],
-        **{"train#prepare_batch": {"_target_": "PrepareBatchExtraInput", "extra_keys": {"g_image": "image_g"}}},
-        **{"train#runtime": "openvino"},
+        augmentation=data_2d["dihedral_photometric_g"],
+        train_prepare_batch={"_target_": "PrepareBatchExtraInput", "extra_keys": {"g_image": "image_g"}},
+        runtime="openvino",
         **common,
         **net,
     )
