@@ -86,6 +86,8 @@ class AutoSAM(TrainedPartsCheckpoint, nn.Module):
             raise ValueError(f"num_classes must be >= 1, got {num_classes}.")
         if prompt_encoder not in PROMPT_ENCODERS:
             raise ValueError(f"prompt_encoder must be one of {PROMPT_ENCODERS}, got {prompt_encoder!r}.")
+        if cascade is None or str(cascade).lower() in ("false", "none", "off", ""):  # a command line's "false"
+            cascade = False
         if cascade not in CASCADES:
             raise ValueError(f"cascade must be one of {CASCADES}, got {cascade!r}.")
         if output not in OUTPUTS:
