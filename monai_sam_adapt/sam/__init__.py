@@ -7,7 +7,14 @@ Not here: networks built on a backbone (:mod:`monai_sam_adapt.networks`), pre-pr
 
 from .backbones import BACKBONES, DEFAULT_BACKBONE, BackboneSpec, FrozenSAM, get_spec
 from .cache import EmbeddingCache
-from .checkpoint import file_sha256, lite_medsam_checkpoint, load_state_dict_file, resample_positional
+from .checkpoint import (
+    file_md5,
+    file_sha256,
+    lite_medsam_checkpoint,
+    load_state_dict_file,
+    read_checkpoint,
+    resample_positional,
+)
 
 __all__ = [
     "BACKBONES",
@@ -15,9 +22,11 @@ __all__ = [
     "BackboneSpec",
     "EmbeddingCache",
     "FrozenSAM",
+    "file_md5",
     "file_sha256",
     "get_spec",
     "lite_medsam_checkpoint",
     "load_state_dict_file",
+    "read_checkpoint",
     "resample_positional",
 ]
