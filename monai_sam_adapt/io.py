@@ -55,23 +55,26 @@ def atomic_write(filename: str | os.PathLike) -> Iterator[Path]:
             tmp.unlink()
 
 
-def remove_stale_partials(folder: str | os.PathLike) -> list[Path]:
+def remove_stale_partials(folder: str | os.PathLike, max_entries: int = 200_000) -> list[Path]:
     """Remove the temporary files that :func:`atomic_write` left under ``folder`` in a process that no longer runs
     (killed with SIGKILL, or a power cut: a SIGTERM'd bundle run cleans up after itself). Files of live processes are
-    left alone. Returns the removed paths."""
-    removed = []
-    root = Path(folder)
-    if not root.is_dir():
-        return removed
-    for tmp in root.rglob(".partial-*"):
-        pid = tmp.name.split("-")[1] if tmp.name.count("-") >= 2 else ""
-        if not pid.isdigit() or _alive(int(pid)):
-            continue
-        try:
-            tmp.unlink()
-            removed.append(tmp)
-        except OSError:
-            pass
+    left alone; at most ``max_entries`` directory entries are looked at (an output folder pointed at a large tree is
+    not crawled whole). Returns the removed paths."""
+    removed: list[Path] = []
+    seen = 0
+    for root, _dirs, files in os.walk(folder):
+        seen += len(files) + len(_dirs)
+        for name in files:
+            pid = name.split("-")[1] if name.startswith(".partial-") and name.count("-") >= 2 else ""
+            if not pid.isdigit() or _alive(int(pid)):
+                continue
+            try:
+                os.unlink(os.path.join(root, name))
+                removed.append(Path(root) / name)
+            except OSError:
+                pass
+        if seen > max_entries:
+            break
     return removed
 
 
