@@ -62,8 +62,8 @@ def remove_stale_partials(folder: str | os.PathLike, max_entries: int = 200_000)
     not crawled whole). Returns the removed paths."""
     removed: list[Path] = []
     seen = 0
-    for root, _dirs, files in os.walk(folder):
-        seen += len(files) + len(_dirs)
+    for root, dirs, files in os.walk(folder):
+        seen += len(files) + len(dirs)
         for name in files:
             pid = name.split("-")[1] if name.startswith(".partial-") and name.count("-") >= 2 else ""
             if not pid.isdigit() or _alive(int(pid)):

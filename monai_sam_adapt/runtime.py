@@ -144,13 +144,12 @@ def check_runtime(runtime: str) -> str:
 
 def _load(path: Path, runtime: str, threads: int):
     """A callable ``numpy (1, ...) -> numpy`` running the ONNX file in ``runtime``."""
+    missing = f"runtime {runtime!r} needs its extra: pip install 'monai_sam_adapt[{_EXTRA[runtime]}]'"
     if runtime == "onnxruntime":
         try:
             import onnxruntime as ort
         except ImportError as e:
-            raise InputError(
-                f"runtime 'onnxruntime' needs its extra: pip install 'monai_sam_adapt[{_EXTRA[runtime]}]'"
-            ) from e
+            raise InputError(missing) from e
         opts = ort.SessionOptions()
         opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1
         session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
@@ -159,9 +158,7 @@ def _load(path: Path, runtime: str, threads: int):
     try:
         import openvino as ov
     except ImportError as e:
-        raise InputError(
-            f"runtime {runtime!r} needs its extra: pip install 'monai_sam_adapt[{_EXTRA[runtime]}]'"
-        ) from e
+        raise InputError(missing) from e
     precision = "bf16" if runtime == "openvino-bf16" else "f32"
     compiled = ov.Core().compile_model(
         str(path), "CPU", {"INFERENCE_PRECISION_HINT": precision, "INFERENCE_NUM_THREADS": threads}
@@ -223,12 +220,11 @@ def export_bundle(
     network.eval()
     sams = [m for m in network.modules() if isinstance(m, FrozenSAM)]
     if sams:
-        module, size, channels = sams[0].image_encoder, sams[0].image_size, 3
-    else:
+        module, size = sams[0].image_encoder, sams[0].image_size
+    else:  # every network here reads SAM-preprocessed 3-channel images
         module = network
         size = parser.get("image_size") or get_spec(parser.get("backbone") or "lite_medsam").image_size
-        channels = 3
-    return export_onnx(module, torch.rand(1, channels, size, size), output)
+    return export_onnx(module, torch.rand(1, 3, size, size), output)
 
 
 def main(argv: list[str] | None = None) -> None:

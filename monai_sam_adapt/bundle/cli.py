@@ -16,16 +16,15 @@ MONAI Label, a notebook) it does nothing; run from the command line it
 from __future__ import annotations
 
 import ast
+import contextlib
 import difflib
 import logging
 import signal
 import sys
 import threading
 from collections.abc import Sequence
-from typing import Any
 
 from monai.bundle import ConfigParser
-from monai.bundle.utils import ID_SEP_KEY
 
 from ..errors import InputError, find_error
 
@@ -77,28 +76,16 @@ def _files(value: str) -> list[str]:
     return [str(p) for p in (parsed if isinstance(parsed, (list, tuple)) else [parsed])]
 
 
-def _has_id(config: Any, id_: str) -> bool:
-    node = config
-    for part in id_.split(ID_SEP_KEY):
-        if isinstance(node, dict) and part in node:
-            node = node[part]
-        elif isinstance(node, list) and part.lstrip("-").isdigit() and -len(node) <= int(part) < len(node):
-            node = node[int(part)]
-        else:
-            return False
-    return True
-
-
 def check_options(options: dict[str, str]) -> None:
     """Refuse an option that is neither ``monai.bundle run``'s nor a config key (``a#b`` for nested ones), naming
     it, the closest known key and the known ones."""
     config_files = options.get("config_file")
     if not config_files:
         return
-    config = ConfigParser.load_config_files(_files(config_files))
-    unknown = [k for k in options if k not in RUN_OPTIONS and not _has_id(config, k)]
+    config = ConfigParser(ConfigParser.load_config_files(_files(config_files)))  # `a#b` ids as MONAI resolves them
+    unknown = [k for k in options if k not in RUN_OPTIONS and k not in config]
     if unknown:
-        known = sorted(set(config) | set(RUN_OPTIONS))
+        known = sorted(set(config.get()) | set(RUN_OPTIONS))
         hints = []
         for k in unknown:
             close = difflib.get_close_matches(k, known, n=1)
@@ -162,10 +149,8 @@ def guard_cli(argv: Sequence[str] | None = None, force: bool = False) -> None:
         return
     options = parse_options(list(sys.argv[1:] if argv is None else argv))
     if options.get("args_file"):  # an args file holds options too (MONAI reads it as defaults of the command line)
-        try:
+        with contextlib.suppress(Exception):  # an unreadable args file: MONAI reports it itself
             options = {**{str(k): v for k, v in ConfigParser.load_config_file(options["args_file"]).items()}, **options}
-        except Exception as e:  # noqa: BLE001 - MONAI reports an unreadable args file itself
-            del e
     debug = str(options.get("debug", "false")).lower() in ("1", "true", "yes")
     if not _installed and not debug:
         sys.excepthook = _excepthook(sys.excepthook)

@@ -20,6 +20,12 @@ Events, _ = optional_import("ignite.engine", "0.4.11", min_version, "Events")
 __all__ = ["EvaluationSummary", "MetricPlots", "OverlayGrid"]
 
 
+def per_case(details) -> np.ndarray:
+    """A metric's per-case details (``engine.state.metric_details[name]``) as a float array ``(cases, labels)``."""
+    v = details.float().cpu().numpy() if isinstance(details, torch.Tensor) else np.asarray(details, dtype=float)
+    return v.reshape(v.shape[0], -1)
+
+
 class MetricPlots:
     """At the end of an evaluation, draw each metric's per-image distribution (histogram + box plot) as a PNG.
 
@@ -50,9 +56,7 @@ class MetricPlots:
         for name in names:
             if name not in details:
                 continue
-            v = details[name]
-            v = v.float().cpu().numpy() if isinstance(v, torch.Tensor) else np.asarray(v, dtype=float)
-            per_image = np.nanmean(v.reshape(v.shape[0], -1), axis=1) if v.ndim > 1 else v
+            per_image = np.nanmean(per_case(details[name]), axis=1)
             finite = per_image[np.isfinite(per_image)]
             if finite.size == 0:
                 continue
@@ -208,15 +212,14 @@ class EvaluationSummary:
         names = [n for n, _ in self.cases]
         report: dict = {"cases": len(self.cases), "empty_ground_truth": [n for n, e in self.cases if e]}
         for metric, v in details.items():
-            v = v.float().cpu().numpy() if isinstance(v, torch.Tensor) else np.asarray(v, dtype=float)
-            per_case = v.reshape(v.shape[0], -1)  # (cases, labels)
-            ok = np.isfinite(per_case)
+            values_by_case = per_case(v)
+            ok = np.isfinite(values_by_case)
             left_out = [names[i] if i < len(names) else f"case {i}" for i in np.flatnonzero(~ok.all(axis=1))]
-            values = per_case[ok]  # as MONAI's mean: every finite (case, label) value
+            values = values_by_case[ok]  # as MONAI's mean: every finite (case, label) value
             report[metric] = {
                 "mean": float(values.mean()) if values.size else None,
                 "median": float(np.median(values)) if values.size else None,
-                "cases": int(per_case.shape[0]),
+                "cases": int(values_by_case.shape[0]),
                 "cases_in_mean_per_label": ok.sum(axis=0).astype(int).tolist(),
                 "left_out": left_out,
             }
@@ -227,7 +230,7 @@ class EvaluationSummary:
                 if left_out
                 else ""
             )
-            self.logger.info(f"{metric}: mean {mean} over {counts} of {per_case.shape[0]} cases{why}")
+            self.logger.info(f"{metric}: mean {mean} over {counts} of {values_by_case.shape[0]} cases{why}")
         if report["empty_ground_truth"]:
             self.logger.warning(
                 f"{len(report['empty_ground_truth'])} of {len(self.cases)} cases have an empty ground truth: "

@@ -6,7 +6,7 @@ import shutil
 import tempfile
 import threading
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -211,7 +211,7 @@ class InteractiveSAMTask(InferTask):
         prompts: dict,
         prior: torch.Tensor | None,
         device: torch.device,
-        encode=None,
+        encode: Callable[[torch.Tensor], torch.Tensor],
     ) -> torch.Tensor:
         """One 2D plane ``(C, H, W)`` (rows first) with its prompts -> boolean mask ``(H, W)`` on the plane's grid."""
         s = sam.image_size
@@ -249,7 +249,7 @@ class InteractiveSAMTask(InferTask):
             low = 4 * sam.embedding_size[0]
             m = F.interpolate(m.as_tensor()[None], size=(low, low), mode="area")
             masks = ((m * 2 - 1) * 10).to(device)[:, None].expand(-1, n, -1, -1, -1)  # logits: +10 in, -10 out
-        emb = self._embeddings(x.as_tensor()[None].to(device), encode or sam.encode)
+        emb = self._embeddings(x.as_tensor()[None].to(device), encode)
         single = masks is None and boxes is None and len(lab) == 1
         logits, iou = sam.decode(
             emb, boxes=boxes, points=points, point_labels=labels, masks=masks, multimask_output=single
