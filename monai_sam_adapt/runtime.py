@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 import torch
 from monai.data import MetaTensor
+from monai.utils import convert_to_dst_type
 from torch import nn
 
 from .errors import InputError
@@ -130,8 +131,8 @@ class RuntimeModule(nn.Module):
         plain = x.as_tensor() if isinstance(x, MetaTensor) else x
         outs = [run(plain[i : i + 1].detach().float().contiguous().numpy()) for i in range(x.shape[0])]
         out = torch.from_numpy(np.concatenate(outs, 0)).to(x.dtype)
-        if isinstance(x, MetaTensor):  # as an eager module's output: the input's metadata travels on
-            out = MetaTensor(out, meta=x.meta, applied_operations=x.applied_operations)
+        if isinstance(x, MetaTensor):  # as an eager module's output: the input's metadata travels on (also batched)
+            out = convert_to_dst_type(out, x)[0]
         return out
 
 

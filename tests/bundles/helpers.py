@@ -21,6 +21,14 @@ REPO = Path(__file__).resolve().parents[2]
 def tiny_network_override(target: str, backbone: str = "vit_b", **extra) -> dict:
     """Replace a bundle's network by the same class on a tiny untrained SAM (milliseconds, no weights)."""
     arch = {k: list(v) if isinstance(v, tuple) else v for k, v in TINY_ARCH[backbone].items()}
+    if target.endswith(".SSAM"):  # the bundle's own text encoder and prompts unless a test names others
+        extra = {
+            "text_encoder": "@text_encoder",
+            "prompt_names": "@prompt_names",
+            "text_rank": "@text_rank",
+            "prompt_threshold": "@prompt_threshold",
+            **extra,
+        }
     return {
         "network_def": {"_target_": target, "backbone": backbone, "checkpoint": None, **arch, **extra},
         "backbone": backbone,

