@@ -5,6 +5,7 @@ Not here: loading images (:mod:`monai_sam_adapt.transforms.io`), the committed d
 """
 
 from .datalists import (
+    BRATS_MODALITIES,
     IMAGE_SUFFIXES,
     brats_datalist,
     folder_datalist,
@@ -22,6 +23,7 @@ __all__ = [
     "LAYOUTS",
     "check_datalist",
     "load_datalist",
+    "BRATS_MODALITIES",
     "brats_datalist",
     "folder_datalist",
     "glas_datalist",

@@ -7,7 +7,7 @@ Command line::
 
     python -m monai_sam_adapt.data kvasir ../shared/data/kvasir_seg -o kvasir.json
     python -m monai_sam_adapt.data glas   ../shared/data/glas -o glas.json
-    python -m monai_sam_adapt.data brats  ../shared/data/brats2015 -o brats.json
+    python -m monai_sam_adapt.data brats  ../shared/data/brats2018 -o brats.json
     python -m monai_sam_adapt.data lits   /data/LiTS -o lits.json
     python -m monai_sam_adapt.data folder DIR --images images --masks masks -o mine.json
 """
@@ -25,6 +25,7 @@ from ..io import IMAGE_SUFFIXES, atomic_write
 from ..io import image_stem as _stem
 
 __all__ = [
+    "BRATS_MODALITIES",
     "IMAGE_SUFFIXES",
     "brats_datalist",
     "folder_datalist",
@@ -109,12 +110,33 @@ def glas_datalist(root: str | Path, val_fraction: float = 0.15, seed: int = 0) -
     }
 
 
+#: BraTS 2018+ modalities in the challenge's file names, and the label file's suffix.
+BRATS_MODALITIES = ("flair", "t1", "t1ce", "t2")
+
+
 def brats_datalist(
-    root: str | Path, modalities: Sequence[str] = ("Flair", "T1c"), label: str = "OTMultiClass"
+    root: str | Path,
+    modalities: Sequence[str] | None = None,
+    label: str | None = None,
+    val_fraction: float = 0.2,
+    test_fraction: float = 0.2,
+    seed: int = 0,
 ) -> dict[str, list[dict]]:
-    """BRATS-style folders ``{train,validation,test}/<case>/<Modality>*.nii.gz`` with ``<label>*.nii.gz``; the image
-    entry lists one file per modality (stacked as channels by MONAI's ``LoadImaged``)."""
-    root = _need_dir(Path(root), "BRATS")
+    """BraTS datalists, two layouts; the image entry lists one file per modality (stacked as channels by MONAI's
+    ``LoadImaged``), in ``modalities`` order.
+
+    - BraTS 2018 and later (the challenge's own): ``<root>/<case>/<case>_{flair,t1,t1ce,t2,seg}.nii[.gz]``, no split
+      folders. Cases are split by case (never by slice): ``test_fraction`` of them for testing, then
+      ``val_fraction`` (of all) for validation, seeded. Defaults: all four modalities, label ``seg``.
+    - BRATS 2015 style: ``{train,validation,test}/<case>/<Modality>*.nii.gz`` with ``<label>*.nii.gz``; the folders
+      are the split. Defaults: ``Flair``, ``T1c``, label ``OTMultiClass``.
+    """
+    root = _need_dir(Path(root), "BraTS")
+    if not any((root / split).is_dir() for split in ("train", "validation", "test")):
+        return _brats2018_datalist(
+            root, modalities or BRATS_MODALITIES, label or "seg", val_fraction, test_fraction, seed
+        )
+    modalities, label = modalities or ("Flair", "T1c"), label or "OTMultiClass"
     out: dict[str, list[dict]] = {}
     for split, key in (("train", "training"), ("validation", "validation"), ("test", "testing")):
         out[key] = []
@@ -132,6 +154,31 @@ def brats_datalist(
     if not any(out.values()):
         raise FileNotFoundError(f"BRATS folder {root} holds no train/validation/test case folders.")
     return out
+
+
+def _brats2018_datalist(
+    root: Path, modalities: Sequence[str], label: str, val_fraction: float, test_fraction: float, seed: int
+) -> dict[str, list[dict]]:
+    cases = {}
+    for case in sorted(p for p in root.iterdir() if p.is_dir()):
+
+        def find(suffix: str, case: Path = case) -> str:
+            for ext in (".nii.gz", ".nii"):
+                f = case / f"{case.name}_{suffix}{ext}"
+                if f.is_file():
+                    return str(f.relative_to(root))
+            raise FileNotFoundError(f"BraTS case {str(case)!r} has no {case.name}_{suffix}.nii(.gz) file.")
+
+        if any(case.glob(f"{case.name}_*.nii*")):
+            cases[case.name] = {"image": [find(m) for m in modalities], "label": find(label), "case": case.name}
+    if not cases:
+        raise FileNotFoundError(
+            f"BraTS folder {str(root)!r} holds neither <case>/<case>_{{flair,t1,t1ce,t2,seg}}.nii.gz case folders "
+            "(BraTS 2018+) nor train/validation/test folders (BRATS 2015)."
+        )
+    rest, test = split_by_case(list(cases), test_fraction, seed)
+    train, val = split_by_case(rest, val_fraction / max(1e-9, 1 - test_fraction), seed + 1)
+    return {k: [cases[c] for c in ids] for k, ids in (("training", train), ("validation", val), ("testing", test))}
 
 
 def lits_datalist(
@@ -212,11 +259,12 @@ def main(argv: Sequence[str] | None = None) -> None:
         p.add_argument("-o", "--output", required=True, help="datalist JSON to write")
         if name == "kvasir":
             p.add_argument("--splits", default=None, help="splits.json (default: ROOT/splits.json)")
-        if name in ("glas", "lits"):
-            p.add_argument("--val-fraction", type=float, default=0.15 if name == "glas" else 0.1)
+        if name in ("glas", "lits", "brats"):
+            p.add_argument("--val-fraction", type=float, default={"glas": 0.15, "lits": 0.1, "brats": 0.2}[name])
             p.add_argument("--seed", type=int, default=0)
         if name == "brats":
-            p.add_argument("--modalities", nargs="+", default=["Flair", "T1c"])
+            p.add_argument("--modalities", nargs="+", help="default: flair t1 t1ce t2 (2018+), Flair T1c (2015)")
+            p.add_argument("--test-fraction", type=float, default=0.2, help="BraTS 2018+ layout (no split folders)")
         if name == "folder":
             p.add_argument("--images", default="images")
             p.add_argument("--masks", default="masks", help="'' for images only")
@@ -228,7 +276,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     elif a.layout == "glas":
         dl = glas_datalist(a.root, a.val_fraction, a.seed)
     elif a.layout == "brats":
-        dl = brats_datalist(a.root, a.modalities)
+        dl = brats_datalist(
+            a.root, a.modalities, val_fraction=a.val_fraction, test_fraction=a.test_fraction, seed=a.seed
+        )
     elif a.layout == "lits":
         dl = lits_datalist(a.root, a.val_fraction, seed=a.seed)
     else:

@@ -77,6 +77,31 @@ def test_brats_and_lits_layouts(tmp_path):
         lits_datalist(tmp_path / "lits")
 
 
+def test_brats2018_layout_split_by_case(tmp_path):
+    """The challenge's own layout (BraTS 2018+): case folders only, split by case with all four modalities."""
+    root = tmp_path / "brats2018"
+    for i in range(10):
+        case = f"Brats18_X_{i}_1"
+        for m in ("flair", "t1", "t1ce", "t2", "seg"):
+            _nii(root / case / f"{case}_{m}.nii.gz")
+    dl = brats_datalist(root)
+    cases = {k: [e["case"] for e in v] for k, v in dl.items()}
+    assert [len(cases[k]) for k in ("training", "validation", "testing")] == [6, 2, 2]
+    assert len(set(sum(cases.values(), []))) == 10  # every case once, on one side only
+    e = dl["training"][0]
+    c = e["case"]
+    assert (
+        e["image"] == [f"{c}/{c}_{m}.nii.gz" for m in ("flair", "t1", "t1ce", "t2")]
+        and e["label"] == f"{c}/{c}_seg.nii.gz"
+    )
+    assert brats_datalist(root) == dl  # deterministic
+    (root / "Brats18_X_3_1" / "Brats18_X_3_1_t1ce.nii.gz").unlink()
+    with pytest.raises(FileNotFoundError, match="Brats18_X_3_1.*has no Brats18_X_3_1_t1ce.nii"):
+        brats_datalist(root)
+    with pytest.raises(FileNotFoundError, match="holds neither"):
+        brats_datalist(tmp_path / "brats2018" / "Brats18_X_0_1")
+
+
 def test_folder_layout_and_cli(polyp_folder, tmp_path, capsys):
     dl = folder_datalist(polyp_folder)
     assert len(dl["testing"]) == 6
@@ -126,5 +151,11 @@ def test_real_layouts():
     assert [len(dl[k]) for k in ("training", "validation", "testing")] == [798, 100, 100]
     g = glas_datalist(data_path("glas"))
     assert len(g["training"]) + len(g["validation"]) == 85 and len(g["testing"]) == 80
-    b = brats_datalist(data_path("brats2015"))
-    assert [len(b[k]) for k in ("training", "validation", "testing")] == [2, 2, 2]
+    b = brats_datalist(data_path("brats2018"))
+    assert [len(b[k]) for k in ("training", "validation", "testing")] == [6, 2, 2]
+    assert [p.rsplit("_", 1)[1] for p in b["testing"][0]["image"]] == [
+        "flair.nii.gz",
+        "t1.nii.gz",
+        "t1ce.nii.gz",
+        "t2.nii.gz",
+    ]
