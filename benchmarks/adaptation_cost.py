@@ -55,15 +55,13 @@ def measure(a: argparse.Namespace, method: str, precision: str) -> dict:
         image_size=a.image_size,
     ).to(dev)
     net.train()
-    inferer = AutocastInferer(precision)
+    inferer = AutocastInferer(precision, channels_last=a.channels_last)  # the bundles' training inferer
     counts = net.count_parameters()
     opt = torch.optim.AdamW([p for p in net.parameters() if p.requires_grad], lr=1e-4)
     loss_fn = DiceFocalLoss(sigmoid=True, gamma=0.0)  # the bundles' loss
     s = net.sam.image_size
     x = torch.rand(a.batch_size, 3, s, s, device=dev)
     y = (torch.rand(a.batch_size, 1, s, s, device=dev) > 0.5).float()
-    if a.channels_last:
-        net, x = net.to(memory_format=torch.channels_last), x.contiguous(memory_format=torch.channels_last)
     buf = io.BytesIO()
     torch.save(net.state_dict(), buf)
     base_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -163,6 +161,7 @@ def main() -> None:
     ap.add_argument("--text_encoder", default="minilm")
     ap.add_argument("--text_rank", type=int, default=4)
     ap.add_argument("--channels_last", action="store_true", help="also time S-SAM in channels-last memory format")
+    ap.add_argument("--only_channels_last", action="store_true", help="time only the channels-last S-SAM rows")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--short_epochs", type=int, default=0)
     ap.add_argument("--data", default=str(REPO.parent / "shared" / "data" / "glas"))
@@ -179,11 +178,12 @@ def main() -> None:
     argv = [
         f"--{k}={v}"
         for k, v in vars(a).items()
-        if k not in ("one", "out", "channels_last", "methods", "precisions") and v is not None
+        if k not in ("one", "out", "channels_last", "only_channels_last", "methods", "precisions") and v is not None
     ]
     precisions = a.precisions.split(",")
-    rows = [child(argv, f"step:{m}:{p}") for m in a.methods.split(",") for p in precisions]
-    if a.channels_last:
+    methods = [] if a.only_channels_last else a.methods.split(",")
+    rows = [child(argv, f"step:{m}:{p}") for m in methods for p in precisions]
+    if a.channels_last or a.only_channels_last:
         rows += [child([*argv, "--channels_last"], f"step:svd:{p}") for p in precisions]
     ref = rows[0]
     for r in rows:

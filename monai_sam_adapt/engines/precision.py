@@ -66,13 +66,16 @@ class AutocastInferer(Inferer):
     Args:
         precision: ``"fp32"``, ``"bf16"`` or ``"auto"`` (see the module docstring). Default ``"auto"``.
         inferer: the inferer to wrap.
+        channels_last: run in channels-last memory format: the network's 4D weights are converted once (in place,
+            the same parameters) and 4D image batches are handed over in that format (same values; convolutions then
+            run their channels-last kernels, faster on CPUs for TinyViT's convolutional stages). Default ``False``.
     """
 
-    def __init__(self, precision: str = "auto", inferer: Inferer | None = None) -> None:
+    def __init__(self, precision: str = "auto", inferer: Inferer | None = None, channels_last: bool = False) -> None:
         super().__init__()
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}.")
-        self.precision, self.inferer = precision, inferer or SimpleInferer()
+        self.precision, self.inferer, self.channels_last = precision, inferer or SimpleInferer(), bool(channels_last)
         self._dtypes: dict[str, torch.dtype | None] = {}
 
     def dtype(self, device: torch.device | str) -> torch.dtype | None:
@@ -85,6 +88,11 @@ class AutocastInferer(Inferer):
 
     def __call__(self, inputs: torch.Tensor, network: Any, *args: Any, **kwargs: Any) -> Any:
         dtype = self.dtype(inputs.device)
+        if self.channels_last and isinstance(network, torch.nn.Module) and not getattr(network, "_channels_last", 0):
+            network.to(memory_format=torch.channels_last)
+            network._channels_last = True
+        if self.channels_last and inputs.ndim == 4:
+            inputs = inputs.contiguous(memory_format=torch.channels_last)
         with torch.autocast(inputs.device.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None):
             out = self.inferer(inputs, network, *args, **kwargs)
         return _to_fp32(out)

@@ -66,3 +66,16 @@ def test_cpu_threads_follow_a_container_quota(monkeypatch):
         assert precision.set_cpu_threads() == 2
     finally:
         torch.set_num_threads(before)
+
+
+def test_channels_last_converts_the_network_once_in_place_and_keeps_values():
+    net, x = net_and_input()
+    ref = net(x)
+    params = list(net.parameters())
+    inferer = AutocastInferer("fp32", channels_last=True)
+    out = inferer(x, net)
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
+    assert net[0].weight.is_contiguous(memory_format=torch.channels_last)
+    assert list(net.parameters()) == params  # the optimizer's parameters are still the network's
+    out.mean().backward()
+    assert net[0].weight.grad is not None
