@@ -179,7 +179,8 @@ def find_bundles(root: str | os.PathLike) -> dict[str, Path]:
 
 def bundle_labels(bundle_dir: str | os.PathLike) -> dict[str, int]:
     """``{label name: value}`` of a bundle: names from ``metadata.json`` (the prediction's ``channel_def``), values
-    from the inference config's ``label_values`` (default ``1..K``)."""
+    from the inference config's ``label_values`` (default ``1..K``); a nested region (BraTS' whole tumour
+    ``[1, 2, 4]``) is named on the value written for it (:func:`~monai_sam_adapt.transforms.written_label_values`)."""
     cfg = Path(bundle_dir) / "configs"
     meta = json.loads((cfg / "metadata.json").read_text())
     channels = meta["network_data_format"]["outputs"]["pred"]["channel_def"]
@@ -187,7 +188,9 @@ def bundle_labels(bundle_dir: str | os.PathLike) -> dict[str, int]:
     values = read_config(bundle_dir).get("label_values") or list(range(1, len(names) + 1))
     if len(values) != len(names):
         raise ValueError(f"{cfg / 'inference.json'}: {len(values)} label_values for {len(names)} labels {names}.")
-    return dict(zip(names, map(int, values)))
+    from ..transforms import written_label_values
+
+    return dict(zip(names, written_label_values(values)))
 
 
 def check_bundle(bundle_dir: str | os.PathLike) -> list[str]:

@@ -8,21 +8,23 @@ __all__ = ["from_engine_channel", "label_metrics"]
 
 
 def label_metrics(label_names: Sequence[str], pred_key: str = "pred", label_key: str = "label") -> dict:
-    """One MONAI ``MeanDice`` handler per label channel, named ``val_dice_<label>`` (non-alphanumerics as ``_``), for a
-    bundle's ``additional_metrics``; empty for a single label, whose Dice is the bundle's mean Dice already."""
+    """Per label channel, MONAI's ``MeanDice`` and 95th-percentile ``HausdorffDistance`` handlers, named
+    ``val_dice_<label>`` and ``val_hd95_<label>`` (non-alphanumerics as ``_``), for a bundle's ``additional_metrics``
+    (BraTS reports both per region); empty for a single label, whose metrics are the bundle's own already."""
     import re
 
-    from monai.handlers import MeanDice
+    from monai.handlers import HausdorffDistance, MeanDice
 
     names = list(label_names)
     if len(names) < 2:
         return {}
-    return {
-        f"val_dice_{re.sub(r'[^0-9A-Za-z]+', '_', n).strip('_')}": MeanDice(
-            include_background=True, output_transform=from_engine_channel([pred_key, label_key], i)
-        )
-        for i, n in enumerate(names)
-    }
+    out = {}
+    for i, n in enumerate(names):
+        name = re.sub(r"[^0-9A-Za-z]+", "_", n).strip("_")
+        pick = from_engine_channel([pred_key, label_key], i)
+        out[f"val_dice_{name}"] = MeanDice(include_background=True, output_transform=pick)
+        out[f"val_hd95_{name}"] = HausdorffDistance(include_background=True, percentile=95, output_transform=pick)
+    return out
 
 
 def from_engine_channel(keys: Sequence[str] = ("pred", "label"), channel: int = 0):

@@ -6,7 +6,7 @@ Not here: the frozen backbones and their embedding cache (:mod:`monai_sam_adapt.
 """
 
 from .autosam import AutoSAM, autosam_lite_medsam
-from .blocks import CNNPromptEncoder, EmbeddingHeadPromptEncoder, SurrogateDecoder
+from .blocks import ChannelMix, CNNPromptEncoder, EmbeddingHeadPromptEncoder, SurrogateDecoder
 from .checkpointing import TrainedPartsCheckpoint
 from .prompted import PromptedSAM
 from .ssam import METHODS, SSAM
@@ -26,6 +26,7 @@ __all__ = [
     "AutoSAM",
     "CLIPTextEncoder",
     "CNNPromptEncoder",
+    "ChannelMix",
     "EmbeddingHeadPromptEncoder",
     "LabelIndexEncoder",
     "LoRAAdapter",

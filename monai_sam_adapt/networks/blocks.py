@@ -1,5 +1,6 @@
 """Trainable building blocks that sit on a frozen SAM: AutoSAM's image-conditioned prompt encoders (the paper's g),
-its surrogate decoder (h), and S-SAM's Text Affine Layer is in :mod:`.text` beside the text encoders it follows."""
+its surrogate decoder (h), the channel map of multi-sequence inputs; S-SAM's Text Affine Layer is in :mod:`.text`
+beside the text encoders it follows."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from ..errors import CheckpointError
 __all__ = [
     "EFFICIENTNET_LITE0_SHA256",
     "CNNPromptEncoder",
+    "ChannelMix",
     "EfficientNetPromptEncoder",
     "EmbeddingHeadPromptEncoder",
     "SurrogateDecoder",
@@ -254,3 +256,37 @@ class SurrogateDecoder(nn.Module):
 
     def forward(self, dense: torch.Tensor) -> torch.Tensor:
         return self.net(dense)
+
+
+class ChannelMix(nn.Module):
+    """A trainable 1x1 map from ``in_channels`` inputs (BraTS' FLAIR, T1, T1ce, T2) to SAM's three, then the
+    backbone's normalisation (:meth:`BackboneSpec.finish_normalization`).
+
+    It starts as a plain choice of three inputs (``init``: the input channel copied to each of SAM's R, G, B), so that
+    the frozen encoder first sees an image of the kind it knows; training then mixes in the others, e.g. the
+    post-contrast change T1ce - T1 that defines enhancing tumour. ``3 * in_channels + 3`` parameters.
+
+    Args:
+        in_channels: input channels.
+        init: the input channel each output starts as (three indices). Default ``(0, 1, 2)``.
+        spec: the backbone spec whose normalisation follows; ``None`` for none (inputs already as the encoder wants).
+    """
+
+    def __init__(self, in_channels: int, init=(0, 1, 2), spec=None) -> None:
+        super().__init__()
+        init = [int(i) for i in init]
+        if len(init) != 3 or not all(0 <= i < in_channels for i in init):
+            raise ValueError(
+                f"init must name three of the {in_channels} input channels (0..{in_channels - 1}), got {init}."
+            )
+        self.mix = nn.Conv2d(in_channels, 3, kernel_size=1)
+        with torch.no_grad():
+            self.mix.weight.zero_()
+            self.mix.bias.zero_()
+            for out, src in enumerate(init):
+                self.mix.weight[out, src] = 1.0
+        self.spec = spec
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        out = self.mix(images)
+        return out if self.spec is None else self.spec.finish_normalization(out)

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from ..sam.backbones import DEFAULT_BACKBONE, FrozenSAM
+from .blocks import ChannelMix
 from .checkpointing import TrainedPartsCheckpoint
 from .svd import adapt_encoder, count_parameters, merge_adapters
 from .text import (
@@ -56,6 +57,10 @@ class SSAM(TrainedPartsCheckpoint, nn.Module):
         image_size: working input size for SAM ViT backbones (e.g. 256, as S-SAM trains); the positional embedding and
             relative position tables are resampled to it when the checkpoint loads. Default: the backbone's own.
         train_norms / train_pos_embed: also train norm layers and positional embeddings (S-SAM does). Default ``True``.
+        in_channels: input channels; other than 3 (BraTS' four MR sequences), a trainable :class:`ChannelMix` maps them
+            to SAM's three (images pre-processed with ``SAMPreprocessd(..., in_channels=in_channels)``). Default 3.
+        channel_init: the input channel each of SAM's three starts as, when ``in_channels != 3``. Default
+            (``None``) ``(0, 1, 2)``.
         backbone_kwargs: architecture overrides (tiny test models).
 
     Example::
@@ -82,6 +87,8 @@ class SSAM(TrainedPartsCheckpoint, nn.Module):
         image_size: int | None = None,
         train_norms: bool = True,
         train_pos_embed: bool = True,
+        in_channels: int = 3,
+        channel_init: Sequence[int] | None = None,
         **backbone_kwargs: Any,
     ) -> None:
         super().__init__()
@@ -109,6 +116,10 @@ class SSAM(TrainedPartsCheckpoint, nn.Module):
             self.register_buffer("prompt_features", self._features(self.prompt_names), persistent=False)
         self.text_rank = None if text_rank is None else int(text_rank)
         self.text_affine = TextAffineLayer(self.text_features.shape[1], self.sam.embed_dim, rank=self.text_rank)
+        self.in_channels = int(in_channels)
+        self.channel_mix = (
+            ChannelMix(self.in_channels, channel_init or (0, 1, 2), self.sam.spec) if self.in_channels != 3 else None
+        )
 
     def _features(self, names: Sequence[str]) -> torch.Tensor:
         feats = resolve_prompt_names(
@@ -120,6 +131,8 @@ class SSAM(TrainedPartsCheckpoint, nn.Module):
         adaptation = {"method": self.method, **({"rank": self.rank} if self.method == "lora" else {})}
         if self.text_rank is not None:
             adaptation["text_rank"] = self.text_rank
+        if self.in_channels != 3:
+            adaptation["in_channels"] = self.in_channels
         return {
             "method": "SSAM",
             "adaptation": adaptation,
@@ -154,8 +167,14 @@ class SSAM(TrainedPartsCheckpoint, nn.Module):
         return self.text_affine(self.prompt_features if labels is None else self._features(labels))
 
     def forward(self, image: torch.Tensor, labels: Sequence[str] | None = None) -> torch.Tensor:
-        """``image (B, 3, S, S)`` pre-processed for the backbone -> logits ``(B, K, S, S)``, one map per name of
-        ``labels`` (default ``prompt_names``)."""
+        """``image (B, in_channels, S, S)`` pre-processed for the backbone -> logits ``(B, K, S, S)``, one map per
+        name of ``labels`` (default ``prompt_names``)."""
+        if self.channel_mix is not None:
+            if image.ndim != 4 or image.shape[1] != self.in_channels:
+                raise ValueError(
+                    f"this S-SAM reads {self.in_channels} input channels, got images {tuple(image.shape)}."
+                )
+            image = self.channel_mix(image)
         embedding = self.sam.encode(image)
         tokens = self.prompts(labels)
         sparse = tokens[None].expand(image.shape[0], -1, -1, -1)

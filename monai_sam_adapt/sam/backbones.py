@@ -54,10 +54,14 @@ class BackboneSpec:
     checkpoint_name: str | None = None
     defaults: dict[str, Any] = field(default_factory=dict)
 
-    def intensity_steps(self) -> list[tuple[str, dict[str, Any]]]:
+    def intensity_steps(self, channels: int = 3) -> list[tuple[str, dict[str, Any]]]:
         """The normalisation as MONAI transform names and arguments (``"ScaleIntensity"`` -> ``ScaleIntensity`` /
-        ``ScaleIntensityd``): the one place both the array and the dictionary pre-processing read it from."""
-        if self.normalization == "minmax01":
+        ``ScaleIntensityd``): the one place both the array and the dictionary pre-processing read it from.
+
+        An image of other than 3 ``channels`` (BraTS' four MR sequences) is only min-max scaled to [0, 1] here: the
+        network's trainable channel map (:class:`~monai_sam_adapt.networks.ChannelMix`) makes it three channels and
+        applies the rest with :meth:`finish_normalization`."""
+        if channels != 3 or self.normalization == "minmax01":
             return [("ScaleIntensity", {"minv": 0.0, "maxv": 1.0})]
         if self.normalization == "imagenet255":
             return [
@@ -67,6 +71,17 @@ class BackboneSpec:
                     {"subtrahend": list(self.pixel_mean), "divisor": list(self.pixel_std), "channel_wise": True},
                 ),
             ]
+        raise ValueError(f"unknown normalization {self.normalization!r} of backbone {self.name!r}.")
+
+    def finish_normalization(self, images: torch.Tensor) -> torch.Tensor:
+        """From a 3-channel image in [0, 1] to what the encoder expects: the steps of :meth:`intensity_steps` after its
+        min-max scaling, as a differentiable tensor operation."""
+        if self.normalization == "minmax01":
+            return images
+        if self.normalization == "imagenet255":
+            mean = images.new_tensor(self.pixel_mean).view(1, 3, 1, 1)
+            std = images.new_tensor(self.pixel_std).view(1, 3, 1, 1)
+            return (images * 255.0 - mean) / std
         raise ValueError(f"unknown normalization {self.normalization!r} of backbone {self.name!r}.")
 
 

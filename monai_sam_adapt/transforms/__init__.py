@@ -15,6 +15,7 @@ from .array import (
     SAMResizeLongest,
     SelectLabels,
     sam_intensity,
+    written_label_values,
 )
 from .dictionary import *  # noqa: F401,F403
 from .dictionary import __all__ as _dict_all
@@ -34,5 +35,6 @@ __all__ = [
     "SAMResizeLongest",
     "SelectLabels",
     "sam_intensity",
+    "written_label_values",
     *_dict_all,
 ]

@@ -38,6 +38,7 @@ __all__ = [
     "SAMResizeLongest",
     "SelectLabels",
     "sam_intensity",
+    "written_label_values",
 ]
 
 #: Named CT windows as (width, level) in Hounsfield units.
@@ -99,11 +100,25 @@ class EnsureThreeChannels(Transform):
 
     1 channel (CT, grey MR, grey microscopy) is repeated; 3 channels are kept; 4 (RGBA) drop alpha; 2 channels
     (e.g. FLAIR + T1c) become ``(c0, c1, mean)``. Other counts raise ``ValueError``.
+
+    Args:
+        in_channels: the channels of a network that maps its input to SAM's three itself (``SSAM(in_channels=4)``
+            for BraTS' four MR sequences): when not 3, an image must have exactly this many channels and passes
+            unchanged (a 4-channel MR volume is never read as RGBA). Default 3.
     """
+
+    def __init__(self, in_channels: int = 3) -> None:
+        if int(in_channels) < 1:
+            raise ValueError(f"in_channels must be positive, got {in_channels}.")
+        self.in_channels = int(in_channels)
 
     def __call__(self, img: NdarrayOrTensor) -> NdarrayOrTensor:
         img = convert_to_tensor(img, track_meta=get_track_meta())
         c = img.shape[0]
+        if self.in_channels != 3:
+            if c != self.in_channels:
+                raise ValueError(f"the network reads {self.in_channels} input channels, the image has {c}.")
+            return img
         if c == 3:
             return img
         if c == 1:
@@ -262,9 +277,9 @@ class SAMResizeLongest(Resize):
         )
 
 
-def sam_intensity(spec: BackboneSpec | str) -> list[Transform]:
+def sam_intensity(spec: BackboneSpec | str, channels: int = 3) -> list[Transform]:
     """The intensity normalisation a backbone expects, as MONAI array transforms (before padding, as SAM does)."""
-    return [getattr(monai.transforms, name)(**kw) for name, kw in get_spec(spec).intensity_steps()]
+    return [getattr(monai.transforms, name)(**kw) for name, kw in get_spec(spec).intensity_steps(channels)]
 
 
 def _pad_size(target: int, slice_axis: int | None) -> tuple[int, ...]:
@@ -286,6 +301,8 @@ class SAMPreprocess(Compose):
         image_size: override of the backbone's input side (tiny test models). Default ``None``.
         label: pre-process a label instead of an image (nearest resize, no intensity change, no channel change).
             Default ``False``.
+        in_channels: input channels of a network with its own channel map (see :class:`EnsureThreeChannels`); such
+            images are only min-max scaled to [0, 1] (:meth:`BackboneSpec.intensity_steps`). Default 3.
     """
 
     def __init__(
@@ -294,13 +311,18 @@ class SAMPreprocess(Compose):
         slice_axis: int | None = None,
         image_size: int | None = None,
         label: bool = False,
+        in_channels: int = 3,
     ) -> None:
         spec = get_spec(backbone)
         size = int(image_size or spec.image_size)
         if label:
             steps: list = [SAMResizeLongest(size, slice_axis, mode="nearest-exact", anti_aliasing=False)]
         else:
-            steps = [EnsureThreeChannels(), SAMResizeLongest(size, slice_axis), *sam_intensity(spec)]
+            steps = [
+                EnsureThreeChannels(in_channels),
+                SAMResizeLongest(size, slice_axis),
+                *sam_intensity(spec, in_channels),
+            ]
         steps.append(SpatialPad(_pad_size(size, slice_axis), method="end"))
         super().__init__(steps)
 
@@ -346,19 +368,29 @@ class BoxFromLabel(Transform):
 
 
 class AssembleLabels(Transform):
-    """One label map from per-label logits ``(K, *spatial)``: each voxel takes the label of highest probability,
-    or background where no label reaches ``threshold`` (overlapping predictions are resolved by score).
+    """One label map from per-label logits ``(K, *spatial)``.
+
+    Channels of one label value each: a voxel takes the label of highest probability, or background where no label
+    reaches ``threshold`` (overlapping predictions are resolved by score).
+
+    Channels that are nested regions, each a set of label values (BraTS: whole tumour ``[1, 2, 4]``, tumour core
+    ``[1, 4]``, enhancing ``[4]``): regions are painted largest first, each with the one value that is its own (in it
+    and in no region inside it: 2, then 1, then 4), the way BraTS writes its regions back to labels. Regions must be
+    nested or disjoint and each must own exactly one value.
 
     Args:
-        values: the label value of each channel. Default ``1..K``.
+        values: the label value of each channel, or its set of values for regions. Default ``1..K``.
         threshold: minimum sigmoid probability of a label. Default 0.5.
         sigmoid: the input is logits (apply a sigmoid first). Default ``True``.
 
     Returns ``(1, *spatial)`` of label values (background 0), MetaTensor metadata kept.
     """
 
-    def __init__(self, values: Sequence[int] | None = None, threshold: float = 0.5, sigmoid: bool = True) -> None:
+    def __init__(
+        self, values: Sequence[int | Sequence[int]] | None = None, threshold: float = 0.5, sigmoid: bool = True
+    ) -> None:
         self.values, self.threshold, self.sigmoid = values, threshold, sigmoid
+        self.paint = None if values is None else _paint_order([set(ensure_tuple(v)) for v in values])
 
     def __call__(self, logits: NdarrayOrTensor) -> NdarrayOrTensor:
         x = convert_to_tensor(logits, track_meta=get_track_meta())
@@ -366,6 +398,42 @@ class AssembleLabels(Transform):
         if len(values) != x.shape[0]:
             raise ValueError(f"{x.shape[0]} label channels but {len(values)} label values {values}.")
         prob = torch.sigmoid(x.float()) if self.sigmoid else x.float()
+        if self.paint is not None:
+            out = torch.zeros_like(prob[:1])
+            for channel, value in self.paint:
+                out[prob[channel : channel + 1] >= self.threshold] = value
+            return out
         best, idx = prob.max(0, keepdim=True)
         lut = torch.as_tensor([0, *values], device=x.device, dtype=torch.float32)
         return torch.where(best >= self.threshold, lut[idx + 1], lut[0])
+
+
+def written_label_values(values: Sequence[int | Sequence[int]]) -> list[int]:
+    """The label value :class:`AssembleLabels` writes for each channel: the value itself, or a region's own value
+    (BraTS ``[[1, 2, 4], [1, 4], [4]]`` -> ``[2, 1, 4]``)."""
+    paint = _paint_order([set(ensure_tuple(v)) for v in values])
+    if paint is None:
+        return [int(ensure_tuple(v)[0]) for v in values]
+    return [int(v) for _, v in sorted(paint)]
+
+
+def _paint_order(regions: list[set]) -> list[tuple[int, float]] | None:
+    """``(channel, value)`` in painting order for nested label regions; ``None`` when every channel is one value."""
+    if all(len(r) == 1 for r in regions):
+        return None
+    order = sorted(range(len(regions)), key=lambda i: -len(regions[i]))
+    paint = []
+    for i in order:
+        r = regions[i]
+        for j, q in enumerate(regions):
+            if j != i and r & q and not (r <= q or q <= r):
+                raise ValueError(f"label regions {sorted(r)} and {sorted(q)} overlap without one holding the other.")
+        inside = set().union(*(q for j, q in enumerate(regions) if j != i and q < r))
+        own = r - inside
+        if len(own) != 1:
+            raise ValueError(
+                f"label region {sorted(r)} owns values {sorted(own)} (in it, in no region inside it): one is needed to "
+                "write it as a label."
+            )
+        paint.append((i, float(own.pop())))
+    return paint

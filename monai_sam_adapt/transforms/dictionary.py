@@ -109,9 +109,9 @@ class CTWindowd(_ArrayMapd):
 class EnsureThreeChannelsd(_ArrayMapd):
     """Dictionary version of :class:`EnsureThreeChannels`."""
 
-    def __init__(self, keys: KeysCollection, allow_missing_keys: bool = False) -> None:
+    def __init__(self, keys: KeysCollection, in_channels: int = 3, allow_missing_keys: bool = False) -> None:
         super().__init__(keys, allow_missing_keys)
-        self.transform = EnsureThreeChannels()
+        self.transform = EnsureThreeChannels(in_channels)
 
 
 class SelectLabelsd(_ArrayMapd):
@@ -250,6 +250,8 @@ class SAMPreprocessd(_ComposedMapd):
         backbone: registry name or spec; gives input size and normalisation. Default ``"lite_medsam"``.
         slice_axis: for 3D volumes, the axis not resized (slices are taken along it). Default ``None`` (2D).
         image_size: override of the backbone's input side (tiny test models). Default ``None``.
+        in_channels: input channels of a network with its own channel map (BraTS' four sequences, see
+            :class:`SAMPreprocess`). Default 3.
         allow_missing_keys: don't raise for missing keys. Default ``False``.
     """
 
@@ -260,6 +262,7 @@ class SAMPreprocessd(_ComposedMapd):
         backbone: str | BackboneSpec = "lite_medsam",
         slice_axis: int | None = None,
         image_size: int | None = None,
+        in_channels: int = 3,
         allow_missing_keys: bool = False,
     ) -> None:
         spec = get_spec(backbone)
@@ -270,7 +273,7 @@ class SAMPreprocessd(_ComposedMapd):
         allk = keys + label_keys
         mk = allow_missing_keys
         steps: list = [
-            EnsureThreeChannelsd(keys, allow_missing_keys=mk),
+            EnsureThreeChannelsd(keys, in_channels, allow_missing_keys=mk),
             SAMResizeLongestd(
                 allk,
                 size,
@@ -282,7 +285,7 @@ class SAMPreprocessd(_ComposedMapd):
         ]
         steps += [
             getattr(monai.transforms, name + "d")(keys, **kw, allow_missing_keys=mk)
-            for name, kw in spec.intensity_steps()
+            for name, kw in spec.intensity_steps(in_channels)
         ]
         steps.append(SpatialPadd(allk, _pad_size(size, slice_axis), method="end", allow_missing_keys=mk))
         super().__init__(allk, steps, allow_missing_keys)

@@ -27,6 +27,8 @@ def tiny_network_override(target: str, backbone: str = "vit_b", **extra) -> dict
             "prompt_names": "@prompt_names",
             "text_rank": "@text_rank",
             "prompt_threshold": "@prompt_threshold",
+            "in_channels": "@in_channels",
+            "channel_init": "@channel_init",
             **extra,
         }
     return {

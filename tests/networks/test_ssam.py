@@ -272,6 +272,53 @@ def test_assemble_labels_resolves_overlaps_by_score():
         AssembleLabels(values=[1, 2, 4])(logits)
 
 
+def test_assemble_nested_regions_writes_brats_labels():
+    """Whole tumour / tumour core / enhancing as regions {1,2,4} / {1,4} / {4}: painted largest first with the value
+    each owns (2, 1, 4), so a nested prediction gives BraTS' own label map."""
+    from monai_sam_adapt.transforms import written_label_values
+
+    regions = [[1, 2, 4], [1, 4], [4]]
+    logits = torch.full((3, 1, 4), -5.0)
+    logits[0, 0, 1:] = 5.0  # whole tumour on pixels 1-3
+    logits[1, 0, 2:] = 5.0  # core on 2-3
+    logits[2, 0, 3:] = 5.0  # enhancing on 3
+    assert AssembleLabels(values=regions)(logits)[0, 0].tolist() == [0, 2, 1, 4]
+    assert written_label_values(regions) == [2, 1, 4] and written_label_values([1, 2]) == [1, 2]
+    with pytest.raises(ValueError, match=r"regions \[1, 2\] and \[2, 3\] overlap"):
+        AssembleLabels(values=[[1, 2], [2, 3]])
+    with pytest.raises(ValueError, match=r"owns values \[1, 2\]"):
+        AssembleLabels(values=[[1, 2, 4], [4]])
+
+
+def test_four_input_channels_through_a_trained_channel_map(tmp_path):
+    """BraTS' four sequences: a trainable 1x1 map to SAM's three, starting as a choice of three inputs then the
+    backbone's normalisation; it trains, is saved in the adapter, and an adapter of another input width is refused."""
+    from monai_sam_adapt.transforms import SAMPreprocess
+
+    x4 = torch.rand(2, 4, 64, 64)
+    lite = tiny("lite_medsam", in_channels=4, channel_init=[0, 2, 3])
+    with torch.no_grad():
+        torch.testing.assert_close(lite.channel_mix(x4), x4[:, [0, 2, 3]])  # min-max [0, 1] input as it is
+    net = tiny(in_channels=4, channel_init=[0, 2, 3])
+    mean, std = (torch.tensor(v).view(1, 3, 1, 1) for v in (net.sam.spec.pixel_mean, net.sam.spec.pixel_std))
+    with torch.no_grad():
+        torch.testing.assert_close(net.channel_mix(x4), (x4[:, [0, 2, 3]] * 255 - mean) / std)  # SAM ViT's own
+    assert all(p.requires_grad for p in net.channel_mix.parameters())
+    net(x4).sum().backward()
+    assert net.channel_mix.mix.weight.grad.abs().sum() > 0
+    sd = net.state_dict()
+    assert sd["_extra_state"]["adaptation"]["in_channels"] == 4 and "channel_mix.mix.weight" in sd
+    with pytest.raises(ValueError, match="reads 4 input channels"):
+        net(torch.rand(1, 3, 64, 64))
+    with pytest.raises(CheckpointError, match="adaptation"):
+        tiny().load_state_dict(sd, strict=False)
+    with pytest.raises(ValueError, match="three of the 4 input channels"):
+        tiny(in_channels=4, channel_init=[0, 1, 4])
+    # the pre-processing keeps the four channels, scaled to [0, 1] for the map
+    pre = SAMPreprocess("vit_b", image_size=64, in_channels=4)(torch.rand(4, 50, 40) * 900)
+    assert pre.shape == (4, 64, 64) and float(pre.min()) == 0.0 and abs(float(pre.max()) - 1) < 1e-6
+
+
 def test_full_size_vit_b_share_at_most_half_a_percent():
     """The real SAM ViT-B at S-SAM's 256 px (built on the meta device: shapes only), with a 512-d CLIP text feature."""
     with torch.device("meta"):

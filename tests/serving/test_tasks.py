@@ -203,19 +203,22 @@ def test_segment_names_come_from_the_request_or_the_served_models():
 
 
 def test_a_multichannel_bundle_takes_one_image_with_all_its_channels(tmp_path):
-    names = ("necrosis", "edema", "non-enhancing tumor", "enhancing tumor")
+    """ssam_brats reads BraTS' four sequences from four files; served, one 4D image carries them, and its nested
+    regions are named on the BraTS label written for each (2 edema part of the whole tumour, 1 core, 4 enhancing)."""
+    names = ("whole tumor", "tumor core", "enhancing tumor")
     task = BundleSegmentationTask(tiny_bundle(tmp_path / "bundles", "ssam_brats", labels=names), device="cpu")
-    assert task.info()["labels"] == {n: v for v, n in enumerate(names, start=1)}
+    assert task.info()["labels"] == {"whole tumor": 2, "tumor core": 1, "enhancing tumor": 4}
     one = oblique_volume(tmp_path / "flair.nii.gz")
-    with pytest.raises(RequestError, match=r"needs 2 channels \['FLAIR', 'T1c'\]") as e:
+    with pytest.raises(RequestError, match=r"needs 4 channels \['flair', 't1', 't1ce', 't2'\]") as e:
         task({"image": str(one)})
     assert e.value.status == 400
     img = nib.load(one)
-    both = np.stack([img.get_fdata(), img.get_fdata() * 0.5], axis=-1).astype(np.float32)
-    nib.save(nib.Nifti1Image(both, img.affine), tmp_path / "flair_t1c.nii.gz")
-    out, _ = task({"image": str(tmp_path / "flair_t1c.nii.gz")})
+    seqs = np.stack([img.get_fdata() * g for g in (1.0, 0.5, 0.8, 1.2)], axis=-1).astype(np.float32)
+    nib.save(nib.Nifti1Image(seqs, img.affine), tmp_path / "brats4.nii.gz")
+    out, _ = task({"image": str(tmp_path / "brats4.nii.gz")})
     assert nib.load(out).shape == img.shape
     np.testing.assert_allclose(nib.load(out).affine, img.affine, atol=1e-5)
+    assert set(np.unique(np.asarray(nib.load(out).dataobj))) <= {0, 1, 2, 4}
 
 
 def test_documented_server_command_uses_this_interpreter_and_our_app(capsys):

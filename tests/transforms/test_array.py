@@ -55,6 +55,13 @@ def test_ensure_three_channels_illegal():
         EnsureThreeChannels()(np.zeros((5, 4, 4)))
 
 
+def test_ensure_three_channels_keeps_a_networks_own_input_width():
+    x = np.random.rand(4, 5, 6).astype(np.float32)  # BraTS' four sequences: never read as RGBA
+    np.testing.assert_allclose(np.asarray(EnsureThreeChannels(in_channels=4)(x)), x)
+    with pytest.raises(ValueError, match="reads 4 input channels, the image has 3"):
+        EnsureThreeChannels(in_channels=4)(x[:3])
+
+
 @pytest.mark.parametrize("to_type", INPUT_TYPES)
 def test_select_labels(to_type):
     lab = to_type(np.array([[[0, 1, 2], [2, 3, 0]]], dtype=np.float32))

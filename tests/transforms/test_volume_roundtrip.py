@@ -82,12 +82,13 @@ def test_synthetic_nifti_roundtrip_exact(tmp_path):
 
 @pytest.mark.integration
 def test_brats_nifti_roundtrip_exact(tmp_path):
-    case = data_path("brats2015", "test", "brats_2013_pat0001_1")
-    image, label = str(case / "Flair_subtrMeanDivStd.nii.gz"), str(case / "OTMultiClass.nii.gz")
+    name = "Brats18_TCIA02_370_1"
+    case = data_path("brats2018", name)
+    image, label = str(case / f"{name}_flair.nii.gz"), str(case / f"{name}_seg.nii.gz")
     intensity = [ScaleIntensityRangePercentilesd("image", lower=0.5, upper=99.5, b_min=0, b_max=1, clip=True)]
-    roundtrip(image, label, tmp_path, intensity=intensity, classes={"tumor": [1, 2, 3, 4]})
+    roundtrip(image, label, tmp_path, intensity=intensity, classes={"tumor": [1, 2, 4]})
     ref = nib.load(label)
-    out = check_same_geometry(tmp_path / "OTMultiClass_pred.nii.gz", ref.affine, ref.shape)
+    out = check_same_geometry(tmp_path / f"{name}_seg_pred.nii.gz", ref.affine, ref.shape)
     np.testing.assert_array_equal(out > 0, np.asarray(ref.dataobj) > 0)
 
 
