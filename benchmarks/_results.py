@@ -4,6 +4,7 @@ it as the first field (so every number in the README can name its command)."""
 from __future__ import annotations
 
 import json
+import shlex
 import sys
 from pathlib import Path
 
@@ -11,7 +12,7 @@ from pathlib import Path
 def report(result: dict, out: str | None) -> None:
     """Print ``result`` (with ``command`` first) and write it to ``out`` if given."""
     script = Path(sys.argv[0])
-    command = f"python benchmarks/{script.name} " + " ".join(sys.argv[1:])
+    command = f"python benchmarks/{script.name} " + shlex.join(sys.argv[1:])
     text = json.dumps({"command": command.strip(), **result}, indent=1)
     print(text)
     if out:

@@ -130,7 +130,7 @@ def test_clip_text_encoder_through_the_config(polyp_folder, tmp_path, tiny_clip)
     sd = torch.load(tmp_path / "models" / "model.pt", weights_only=True)
     assert (
         sd["_extra_state"]["text_encoder"]["text_encoder"] == "open_clip"
-        and sd["text_affine.proj.weight"].shape[1] == 16
+        and sd["text_affine.down.weight"].shape[1] == 16  # the bundle's rank-4 layer takes the 16-d CLIP feature
     )
     with pytest.raises(Exception) as e:  # the same weights with the offline encoder: refused, saying why
         run_workflow(
