@@ -88,8 +88,8 @@ def test_real_brats2018_geometry(tmp_path):
     dl = brats_datalist(root)
     dl["testing"] = dl["testing"][:1]
     net = SSAM(
-        "vit_b", checkpoint=None, label_names=NAMES, text_encoder="label_index", in_channels=4, **TINY_ARCH["vit_b"]
-    )
+        "vit_b", checkpoint=None, label_names=NAMES, text_rank=4, in_channels=4, **TINY_ARCH["vit_b"]
+    )  # the bundle's own text encoder (MiniLM, rank-4 Text Affine Layer)
     torch.save(net.state_dict(), tmp_path / "model.pt")
     pred = tmp_path / "pred"
     run_workflow(
