@@ -53,6 +53,7 @@ def evaluate(a: argparse.Namespace, name: str, split: str) -> dict:
             prompt_threshold=a.prompt_threshold,
             datalist_key=split,
             runtime=a.runtime,
+            symmetries=a.symmetries,
             num_workers=0,
             overlay_titles=[],
         )
@@ -76,6 +77,11 @@ def main() -> None:
     ap.add_argument("--text_encoder", default="minilm")
     ap.add_argument("--text_rank", type=int, default=4)
     ap.add_argument("--runtime", default="openvino")
+    ap.add_argument(
+        "--symmetries",
+        default="none",
+        help="test-time averaging (a 2D bundle's `symmetries`); off by default: the names are compared with each other",
+    )
     ap.add_argument("--prompt_threshold", type=float, help="override the acceptance threshold (0: measure every name)")
     ap.add_argument("--names", nargs="+", default=NAMES)
     ap.add_argument("--splits", nargs="+", default=["validation", "testing"])
@@ -97,6 +103,7 @@ def main() -> None:
     result = {
         "trained_names": trained,
         "text_encoder": enc.fingerprint,
+        "symmetries": a.symmetries,
         "rows": rows,
     }
     report(result, a.out)

@@ -4,7 +4,8 @@
 
 For each bundle (``autosam_kvasir``, ``ssam_glas``, ``boxsam_kvasir``) and runtime (``torch`` fp32 eager,
 ``torch-bf16``, ``onnxruntime``, ``openvino``, ``openvino-bf16``) this runs the bundle's own ``evaluate.json`` on its
-whole test split with ``runtime=R`` (one run each, ``num_workers=0``, one image per iteration) and records the mean
+whole test split with ``runtime=R`` (one run each, ``num_workers=0``, one image per iteration, ``symmetries=none``:
+one network pass per image, no test-time averaging) and records the mean
 Dice and the time of each iteration (network + post-processing, data loading excluded; ignite's ``Timer``). The first
 iteration of a non-torch runtime includes exporting the encoder to ONNX (cached afterwards) and compiling it: it is
 reported apart, and the median is over the others. Writes one JSON with every run and the speed-up and Dice change
@@ -31,7 +32,12 @@ def run(bundle: str, runtime: str, data: Path, out: Path, datalist: str | None) 
     from monai_sam_adapt.bundle import bundle_workflow
 
     override = dict(
-        dataset_dir=str(data / BUNDLES[bundle]), output_dir=str(out), runtime=runtime, num_workers=0, overlay_titles=[]
+        dataset_dir=str(data / BUNDLES[bundle]),
+        output_dir=str(out),
+        runtime=runtime,
+        num_workers=0,
+        overlay_titles=[],
+        symmetries="none",  # one network pass per image: the runtimes are compared, not test-time averaging
     )
     if datalist:
         override["datalist"] = datalist

@@ -84,6 +84,8 @@ OPTIONAL_KEYS: dict[str, str] = {
     "input_channels": "names of the channels a bundle reads from separate files (served: one multi-channel image)",
     "runtime": "inference/evaluation: torch (default), torch-bf16, onnxruntime, openvino or openvino-bf16 for the "
     "frozen image encoder (monai_sam_adapt.runtime)",
+    "symmetries": "inference/evaluation of 2D bundles trained with flips and 90 degree rotations: none, flips or "
+    "dihedral, the flipped/rotated copies whose predictions are averaged (monai_sam_adapt.engines.SymmetryInferer)",
     "overwrite": "inference: replace existing outputs in output_dir (default false: an existing file is refused)",
 }
 #: What :class:`monai_sam_adapt.serving.bundle_task.BundleSegmentationTask` overrides in ``inference.json`` per request.

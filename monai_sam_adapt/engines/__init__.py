@@ -2,7 +2,7 @@
 :class:`OverlayGrid`) and count the cases behind each mean (:class:`EvaluationSummary`), per-label metrics
 (:func:`label_metrics`) and crash-safe, exactly resumable training (:class:`AtomicCheckpointSaver`,
 :class:`CheckedCheckpointLoader`, :class:`EpochSeed`), and the training precision (:class:`AutocastInferer`: bf16
-autocast on CPUs and GPUs that have it).
+autocast on CPUs and GPUs that have it), test-time averaging over flips and rotations (:class:`SymmetryInferer`).
 
 Not here: datalists and their checks (:mod:`monai_sam_adapt.data`), the embedding cache
 (:mod:`monai_sam_adapt.sam`), loading trained weights for inference (the networks' own ``load_state_dict``).
@@ -12,9 +12,11 @@ from .checkpoints import AtomicCheckpointSaver, CheckedCheckpointLoader, EpochSe
 from .handlers import EvaluationSummary, MetricPlots, OverlayGrid
 from .metrics import from_engine_channel, label_metrics
 from .precision import PRECISIONS, AutocastInferer, bf16_supported, resolve_precision, set_cpu_threads
+from .tta import SYMMETRIES, SymmetryInferer
 
 __all__ = [
     "PRECISIONS",
+    "SYMMETRIES",
     "AtomicCheckpointSaver",
     "AutocastInferer",
     "CheckedCheckpointLoader",
@@ -22,6 +24,7 @@ __all__ = [
     "EvaluationSummary",
     "MetricPlots",
     "OverlayGrid",
+    "SymmetryInferer",
     "bf16_supported",
     "from_engine_channel",
     "label_metrics",
