@@ -3,8 +3,11 @@ tumour / tumour core / enhancing tumour by name, Dice and HD95 per region, BraTS
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import nibabel as nib
 import numpy as np
+import pytest
 import torch
 
 from tests.bundles.helpers import read_metrics, run_workflow, tiny_network_override
@@ -107,3 +110,28 @@ def test_real_brats2018_geometry(tmp_path):
     src = nib.load(str(root / case))
     assert out.shape == src.shape and np.allclose(out.affine, src.affine, atol=1e-4)
     assert set(np.unique(np.asarray(out.dataobj))) <= {0, 1, 2, 4}
+
+
+@pytest.mark.integration
+def test_committed_adapter_segments_real_brats_slices(tmp_path):
+    """The committed models/model.pt (four sequences, three regions by name through the real MiniLM) loads onto the
+    real LiteMedSAM through evaluate.json and segments the whole tumour of a real BraTS 2018 test case well above
+    chance: the case cut to the 6 axial slices where its tumour is largest (one encoder pass per slice on CPU)."""
+    from monai_sam_adapt.data import brats_datalist
+
+    root = data_path("brats2018")
+    entry = brats_datalist(root)["testing"][0]
+    seg = nib.load(str(root / entry["label"]))
+    area = (np.asarray(seg.dataobj) > 0).sum(axis=(0, 1))
+    z0 = int(np.argmax(area)) - 3
+    case = tmp_path / "data" / entry["case"]
+    case.mkdir(parents=True)
+    for rel in [*entry["image"], entry["label"]]:
+        img = nib.load(str(root / rel))
+        nib.save(img.slicer[:, :, z0 : z0 + 6], case / Path(rel).name)
+    ev = tmp_path / "eval"
+    data = dict(dataset_dir=str(tmp_path / "data"), datalist={"testing": [entry]}, num_workers=0)
+    run_workflow(BUNDLE, "evaluate.json", output_dir=str(ev), **data)
+    m = read_metrics(ev / "metrics.csv")
+    assert m["val_dice_whole_tumor"] > 0.75, m
+    assert {"val_dice_tumor_core", "val_dice_enhancing_tumor", "val_hd95_whole_tumor"} <= set(m)
