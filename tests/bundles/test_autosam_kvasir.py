@@ -58,6 +58,18 @@ def test_train_evaluate_infer_tiny(polyp_folder, tmp_path):
     m = read_metrics(ev / "metrics.csv")
     assert {"val_mean_dice", "val_mean_dice_h", "val_hd95", "val_hd95_h", "val_mean_iou", "val_mean_iou_h"} <= set(m)
     assert (ev / "overlays.png").exists()
+    # averaged over the 8 flips/rotations the bundle trains with (AutoSAM and h come out as one tensor, then split)
+    ev8 = tmp_path / "eval_dihedral"
+    run_workflow(
+        BUNDLE,
+        "evaluate.json",
+        output_dir=str(ev8),
+        model_path=str(model),
+        symmetries="dihedral",
+        **common,
+        **tiny(output="both"),
+    )
+    assert {"val_mean_dice", "val_mean_dice_h"} <= set(read_metrics(ev8 / "metrics.csv"))
 
     # inference on images only (no label), AutoSAM and h alone
     dl = kvasir_datalist(polyp_folder)
