@@ -2,8 +2,8 @@
 
 MONAI's :class:`monai.data.TestTimeAugmentation` draws *random* invertible transforms per case to estimate uncertainty
 (mode, mean, volume variation); what a segmenter trained with flips and 90 degree rotations wants at inference is the
-deterministic average over exactly those symmetries, inside the inferer so that every bundle (2D images or the slices
-of a :class:`~monai.inferers.SliceInferer`) gets it from one config key. ``ttach`` does this for classifiers and
+deterministic average over exactly those symmetries, inside the inferer so that a 2D bundle gets it from one config
+key (``symmetries``). ``ttach`` does this for classifiers and
 segmenters too, but it is unmaintained since 2020 and wraps the network rather than MONAI's inferer.
 """
 
@@ -39,7 +39,7 @@ class SymmetryInferer(Inferer):
     """Runs ``inferer`` on each symmetry of the last two (in-plane) axes of the input, maps every output back to the
     input's orientation and returns their mean: logits in, averaged logits out, so post-processing is unchanged.
 
-    Valid when the network was trained with the same symmetries as augmentation (our bundles' ``flips_rot90``), so
+    Valid when the network was trained with the same symmetries as augmentation (flips and 90 degree rotations), so
     every variant is an image it has learnt to segment; each variant is one more forward pass (``dihedral``: 8x the
     inference time).
 
@@ -56,7 +56,9 @@ class SymmetryInferer(Inferer):
         self.symmetries, self.inferer = symmetries, inferer or SimpleInferer()
 
     def __call__(self, inputs: torch.Tensor, network: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-        if (args or kwargs) and self.symmetries != "none":
+        if self.symmetries == "none":  # a plain pass-through: any network, any output
+            return self.inferer(inputs, network, *args, **kwargs)
+        if args or kwargs:
             raise ValueError(
                 f"SymmetryInferer({self.symmetries!r}) cannot turn the extra network inputs "
                 f"({len(args)} positional, keys {sorted(kwargs)}) with the image: spatial prompts such as boxes would "
