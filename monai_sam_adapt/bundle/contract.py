@@ -66,6 +66,7 @@ TRAIN_KEYS: dict[str, str] = {
     "batch_size": "training batch size",
     "learning_rate": "optimizer learning rate",
     "resume_from": "a checkpoint of output_dir/checkpoints to resume from, or null",
+    "init_from": "an adapter model.pt (as model_path) to start training from (fresh optimizer and schedule), or null",
     "lr_scheduler": "the learning-rate schedule (saved in resumable checkpoints)",
     "runtime": "how the frozen image encoder runs where no gradient flows through it (AutoSAM's cached embeddings)",
     "train_prepare_batch": "the trainer's prepare_batch (AutoSAM's g_prepare_batch hands g its augmented copy)",

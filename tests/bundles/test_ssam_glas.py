@@ -8,6 +8,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from monai.inferers import SlidingWindowInferer
 from PIL import Image
 
 from monai_sam_adapt.data import kvasir_datalist, write_datalist
@@ -87,6 +88,55 @@ def test_train_evaluate_infer_tiny(polyp_folder, tmp_path, method):
             BUNDLE, "evaluate.json", output_dir=str(tmp_path / "ev2"), model_path=str(model), **common, **tiny(other)
         )
     assert "Differs: adaptation" in chain(e.value)
+
+
+def test_tiled_input_size_and_init_from_tiny(polyp_folder, tmp_path):
+    """input_size > the network's side: training on random network-sized crops, validation/evaluation/inference by
+    sliding windows (under the symmetries), masks back on the source grid; init_from starts from an adapter."""
+    datalist = write_datalist(kvasir_datalist(polyp_folder), tmp_path / "dl.json")
+    side = tiny()["image_size"]
+    common = dict(dataset_dir=str(polyp_folder), datalist=str(datalist), num_workers=0, input_size=2 * side, **tiny())
+    first = tmp_path / "first"
+    wf = run_workflow(
+        BUNDLE, "train.json", output_dir=str(tmp_path / "r1"), ckpt_dir=str(first), max_epochs=1, **common
+    )
+    crop = wf.parser.get_parsed_content("train#dataset")[0]
+    assert tuple(crop["image"].shape[-2:]) == (side, side) and tuple(crop["label"].shape[-2:]) == (side, side)
+    assert isinstance(wf.parser.get_parsed_content("val_inferer").inferer, SlidingWindowInferer)
+    trained = torch.load(first / "model.pt", weights_only=True)
+    assert any(k.endswith(".B") and v.abs().sum() > 0 for k, v in trained.items()), "one epoch moved B off zero"
+
+    # learning rate 0 from init_from: the saved adapter is the initial one (without init_from B would be all zero)
+    again = tmp_path / "again"
+    run_workflow(
+        BUNDLE,
+        "train.json",
+        output_dir=str(tmp_path / "r2"),
+        ckpt_dir=str(again),
+        max_epochs=1,
+        learning_rate=0.0,
+        init_from=str(first / "model.pt"),
+        **common,
+    )
+    restarted = torch.load(again / "model.pt", weights_only=True)
+    for k, v in trained.items():
+        if isinstance(v, torch.Tensor):
+            assert torch.equal(v, restarted[k]), k
+    with pytest.raises(Exception) as e:
+        run_workflow(BUNDLE, "train.json", output_dir=str(tmp_path / "r3"), init_from=str(tmp_path / "no.pt"), **common)
+    assert "init_from" in chain(e.value) and "no.pt" in chain(e.value)
+
+    ev = tmp_path / "eval"
+    wf = run_workflow(
+        BUNDLE, "evaluate.json", output_dir=str(ev), model_path=str(first / "model.pt"), symmetries="flips", **common
+    )
+    assert isinstance(wf.parser.get_parsed_content("inferer").inferer, SlidingWindowInferer)
+    assert "val_mean_dice" in read_metrics(ev / "metrics.csv")
+    pred = tmp_path / "pred"
+    run_workflow(BUNDLE, "inference.json", output_dir=str(pred), model_path=str(first / "model.pt"), **common)
+    for name in ("case4", "case5"):
+        src = Image.open(polyp_folder / "images" / f"{name}.png")
+        assert np.asarray(Image.open(pred / "images" / f"{name}.png")).shape == (src.height, src.width)
 
 
 def test_ddp_two_cpu_processes(polyp_folder, tmp_path):
