@@ -64,16 +64,31 @@ class AtomicCheckpointSaver(CheckpointSaver):
             if checkpoint is not None:
                 checkpoint.save_handler = _AtomicDiskSaver(str(save_dir), filename)
 
+    def attach(self, engine) -> None:
+        super().attach(engine)
+        self._engine = engine
+
     def state_dict(self) -> dict:
         """What a resumed training needs to go on choosing the best model: the scores of the files kept so far (with
-        a fresh saver, the first validation after resuming would replace ``model.pt`` whatever its score)."""
+        a fresh saver, the first validation after resuming would replace ``model.pt`` whatever its score), and the
+        best metric and its epoch as the evaluator logs and reports them."""
         checkpoint = getattr(self, "_key_metric_checkpoint", None)
-        return {"key_metric": dict(checkpoint.state_dict()) if checkpoint is not None else {}}
+        state: dict = {"key_metric": dict(checkpoint.state_dict()) if checkpoint is not None else {}}
+        engine = getattr(self, "_engine", None)
+        if engine is not None and hasattr(engine.state, "best_metric"):
+            state["best_metric"] = [float(engine.state.best_metric), int(engine.state.best_metric_epoch)]
+        return state
 
     def load_state_dict(self, state: Mapping) -> None:
         checkpoint = getattr(self, "_key_metric_checkpoint", None)
         if checkpoint is not None and state.get("key_metric"):
             checkpoint.load_state_dict(state["key_metric"])
+        engine = getattr(self, "_engine", None)
+        if engine is not None and state.get("best_metric"):  # older checkpoints lack it: the evaluator starts afresh
+            engine.state.best_metric, engine.state.best_metric_epoch = (
+                float(state["best_metric"][0]),
+                int(state["best_metric"][1]),
+            )
 
 
 class EpochSeed:

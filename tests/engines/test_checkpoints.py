@@ -68,3 +68,34 @@ def test_resume_from_a_bad_file_names_it_and_the_last_good_one(tmp_path):
     CheckedCheckpointLoader(str(good), {"network": net, "trainer": trainer}).attach(trainer)
     trainer.run([0], max_epochs=2)
     assert trainer.state.epoch == 2  # resumed after epoch 1
+
+
+def test_the_best_model_saver_carries_the_evaluators_best_metric_across_a_resume(tmp_path):
+    """A resumed evaluator logs and reports the run's best metric and epoch, not the best since the resume; a
+    checkpoint written before the evaluator's best was saved still loads (its evaluator starts afresh)."""
+
+    def evaluator():
+        engine = Engine(lambda e, b: None)
+        engine.state.best_metric, engine.state.best_metric_epoch = -1.0, -1
+        return engine
+
+    net = torch.nn.Linear(2, 2)
+    kwargs = dict(save_dict={"model": net}, save_key_metric=True, key_metric_filename="model.pt")
+    first = evaluator()
+    saver = AtomicCheckpointSaver(str(tmp_path), **kwargs)
+    saver.attach(first)
+    first.state.best_metric, first.state.best_metric_epoch = 0.88, 4
+    state = saver.state_dict()
+    assert state["best_metric"] == [0.88, 4]
+
+    resumed = evaluator()
+    again = AtomicCheckpointSaver(str(tmp_path), **kwargs)
+    again.attach(resumed)
+    again.load_state_dict(state)
+    assert (resumed.state.best_metric, resumed.state.best_metric_epoch) == (0.88, 4)
+
+    old = evaluator()
+    legacy = AtomicCheckpointSaver(str(tmp_path), **kwargs)
+    legacy.attach(old)
+    legacy.load_state_dict({"key_metric": state["key_metric"]})
+    assert (old.state.best_metric, old.state.best_metric_epoch) == (-1.0, -1)

@@ -65,13 +65,13 @@ def _train(folder, out, kill_at_epoch=None, **extra):
 def test_killed_training_resumes_to_the_same_weights_as_an_uninterrupted_run(polyp_folder, tmp_path):
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()
-    _train(polyp_folder, tmp_path / "a")
+    wf_a = _train(polyp_folder, tmp_path / "a")
     with pytest.raises(Exception) as e:
         _train(polyp_folder, tmp_path / "b", kill_at_epoch=3)  # dies in the middle of epoch 3
     assert find_error(e.value, (Killed,)) is not None
     ckpts = sorted(p.name for p in (tmp_path / "b" / "run" / "checkpoints").iterdir())
     assert ckpts == ["checkpoint_epoch=2.pt"], ckpts  # the last complete one, nothing partial
-    _train(polyp_folder, tmp_path / "b", resume_from=str(tmp_path / "b" / "run" / "checkpoints" / ckpts[0]))
+    wf_b = _train(polyp_folder, tmp_path / "b", resume_from=str(tmp_path / "b" / "run" / "checkpoints" / ckpts[0]))
 
     def final(folder):
         state = torch.load(folder / "run" / "checkpoints" / "checkpoint_epoch=4.pt", weights_only=True)
@@ -84,6 +84,10 @@ def test_killed_training_resumes_to_the_same_weights_as_an_uninterrupted_run(pol
     assert a["lr_scheduler"]["last_epoch"] == b["lr_scheduler"]["last_epoch"] == 4
     # the best model (by validation Dice) is the same file as the uninterrupted run's
     assert a["best_model"] == b["best_model"]
+    # and the evaluator logs and reports the same best metric and epoch (not the best since the resume)
+    ev_a, ev_b = (wf.parser.get_parsed_content("validate#evaluator").state for wf in (wf_a, wf_b))
+    assert (ev_b.best_metric, ev_b.best_metric_epoch) == (ev_a.best_metric, ev_a.best_metric_epoch)
+    assert a["best_model"]["best_metric"] == [ev_a.best_metric, ev_a.best_metric_epoch]
     best_a = torch.load(tmp_path / "a" / "models" / "model.pt", weights_only=True)
     best_b = torch.load(tmp_path / "b" / "models" / "model.pt", weights_only=True)
     for k in best_a:
