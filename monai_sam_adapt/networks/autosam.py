@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ..sam.backbones import DEFAULT_BACKBONE, FrozenSAM
@@ -55,6 +56,11 @@ class AutoSAM(TrainedPartsCheckpoint, nn.Module):
         cascade: at inference (``eval()``), run the frozen decoder once more with the box around each class's
             automatic mask as a prompt (AutoSAM's dense prompt kept): ``False``, ``"box"`` (one box around the whole
             mask) or ``"components"`` (a box per connected component, the masks united). Default ``False``.
+        input_side: side of the (square, pre-processed) images this model is given, an integer multiple of the
+            backbone's input side ``S``: g reads them at this size, the frozen encoder (and the cache) reads them
+            average-pooled down to ``S``, and the logits come back at this size. A larger side lets g see small
+            structures that the encoder's ``S`` loses (the bundles' ``image_size`` feeds ``SAMPreprocessd`` and this).
+            Default ``None``: the backbone's ``S``.
         backbone_kwargs: architecture overrides of the backbone (tiny test models).
 
     Example::
@@ -65,7 +71,15 @@ class AutoSAM(TrainedPartsCheckpoint, nn.Module):
     Paper: https://arxiv.org/abs/2306.06370 (the reference g is a HarDNet-85, 41.6 M parameters).
     """
 
-    fingerprint_keys = ("backbone", "sha256", "arch", "num_classes", "prompt_encoder", "g_pretrained_sha256")
+    fingerprint_keys = (
+        "backbone",
+        "sha256",
+        "arch",
+        "num_classes",
+        "prompt_encoder",
+        "g_pretrained_sha256",
+        "input_side",
+    )
     legacy_prefixes = {"g.": "image_prompt_encoder.", "h.": "surrogate_decoder."}  # names before 0.2
 
     def __init__(
@@ -79,6 +93,7 @@ class AutoSAM(TrainedPartsCheckpoint, nn.Module):
         output: str = "sam",
         cache: EmbeddingCache | bool | str | os.PathLike | None = None,
         cascade: bool | str = False,
+        input_side: int | None = None,
         **backbone_kwargs: Any,
     ) -> None:
         super().__init__()
@@ -96,17 +111,22 @@ class AutoSAM(TrainedPartsCheckpoint, nn.Module):
             raise ValueError(f"output={output!r} needs surrogate=True.")
         self.sam = backbone if isinstance(backbone, FrozenSAM) else FrozenSAM(backbone, checkpoint, **backbone_kwargs)
         self.num_classes, self.output = num_classes, output
+        side = self.sam.image_size
+        self.image_size = int(input_side or side)
+        if self.image_size % side:
+            raise ValueError(f"input_side must be a multiple of {self.sam.name}'s input side {side}, got {input_side}.")
+        self.pool = self.image_size // side
         dim = self.sam.embed_dim
         kw = dict(prompt_encoder_kwargs or {})
         self.prompt_encoder_name, self.cascade = prompt_encoder, cascade
         if prompt_encoder == "head":
             self.image_prompt_encoder = EmbeddingHeadPromptEncoder(dim, num_classes, **kw)
         elif prompt_encoder == "efficientnet":
-            kw.setdefault("image_size", self.sam.image_size)
+            kw.setdefault("image_size", self.image_size)
             self._g_weights = kw.get("weights", "imagenet")
             self.image_prompt_encoder = EfficientNetPromptEncoder(dim, num_classes, **kw)
         else:
-            kw.setdefault("downsample", self.sam.image_size // self.sam.embedding_size[0])
+            kw.setdefault("downsample", self.image_size // self.sam.embedding_size[0])
             self.image_prompt_encoder = CNNPromptEncoder(dim, num_classes, **kw)
         # start from SAM's own "no mask" dense embedding: g's output layer is zero and its bias is that embedding
         out = self.image_prompt_encoder.out
@@ -124,6 +144,8 @@ class AutoSAM(TrainedPartsCheckpoint, nn.Module):
         if self.prompt_encoder_name == "efficientnet":  # g starts from ImageNet weights: name them too
             out["prompt_encoder"] = "efficientnet-lite0"
             out["g_pretrained_sha256"] = self._g_weights_sha256
+        if self.pool > 1:  # models trained at the backbone's own side keep their fingerprint
+            out["input_side"] = self.image_size
         return out
 
     @property
@@ -140,6 +162,9 @@ class AutoSAM(TrainedPartsCheckpoint, nn.Module):
 
     # ------------------------------------------------------------------ forward
     def embed(self, image: torch.Tensor) -> torch.Tensor:
+        """The frozen encoder's embedding of ``image`` (at this model's ``image_size``; pooled to the encoder's)."""
+        if self.pool > 1:  # exact and deterministic: each variant keeps fixed bytes, so its cache key holds
+            image = F.avg_pool2d(image, self.pool)
         if self.cache is not None:
             return self.cache(image, self.sam.encode)
         with torch.no_grad():
@@ -151,12 +176,23 @@ class AutoSAM(TrainedPartsCheckpoint, nn.Module):
         b, _, h, w = dense.shape
         return dense.reshape(b, self.num_classes, self.sam.embed_dim, h, w)
 
+    def upscale(self, low: torch.Tensor) -> torch.Tensor:
+        """Decoder-grid logits ``(B, K, h, w)`` -> ``(B, K, image_size, image_size)``."""
+        if self.pool == 1:
+            return self.sam.upscale(low)
+        return F.interpolate(low, size=(self.image_size,) * 2, mode="bilinear", align_corners=False)
+
     def forward(self, image: torch.Tensor, g_image: torch.Tensor | None = None) -> torch.Tensor:
-        """``image (B, 3, S, S)`` pre-processed for the backbone -> logits ``(B, K, S, S)`` (``(B, 2K, S, S)`` for
-        ``output="both"``).
+        """``image (B, 3, S, S)`` pre-processed for the backbone (``S``: ``image_size``) -> logits ``(B, K, S, S)``
+        (``(B, 2K, S, S)`` for ``output="both"``).
 
         ``g_image``: what g sees instead of ``image`` (training: a photometrically augmented copy on the same pixel
         grid, while the frozen encoder, and its cache, see the clean image). Default ``image``."""
+        if image.ndim != 4 or tuple(image.shape[-2:]) != (self.image_size,) * 2:
+            raise ValueError(
+                f"AutoSAM(input_side={self.image_size}) expects images (B, 3, {self.image_size}, {self.image_size}), "
+                f"got {tuple(image.shape)}: pre-process them with SAMPreprocessd(image_size={self.image_size})."
+            )
         embedding = self.embed(image)
         dense = self.dense_prompts(image if g_image is None else g_image, embedding)
         outs = []
@@ -165,12 +201,12 @@ class AutoSAM(TrainedPartsCheckpoint, nn.Module):
             low = low[:, :, 0]
             if self.cascade and not self.training:
                 low = self.refine(embedding, dense, low)
-            outs.append(self.sam.upscale(low))
+            outs.append(self.upscale(low))
         if self.output in ("h", "both"):
             d = dense.detach() if self.output == "both" else dense  # h learns beside g, never through it
             b, k = d.shape[:2]
             low_h = self.surrogate_decoder(d.flatten(0, 1)).reshape(b, k, 4 * d.shape[-2], 4 * d.shape[-1])
-            outs.append(self.sam.upscale(low_h))
+            outs.append(self.upscale(low_h))
         return torch.cat(outs, 1)
 
     def refine(self, embedding: torch.Tensor, dense: torch.Tensor, low: torch.Tensor) -> torch.Tensor:

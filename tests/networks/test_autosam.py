@@ -278,3 +278,35 @@ def test_real_imagenet_efficientnet_lite0_from_the_wheel_gives_its_known_logit(t
     with open(altered, "ab") as f:
         f.write(b"\0")
     EfficientNetPromptEncoder._load_backbone(EfficientNet.from_name("efficientnet-lite0"), altered)  # a user's file
+
+
+@pytest.mark.parametrize("prompt_encoder", ["head", "cnn", "efficientnet"])
+def test_a_larger_image_size_feeds_g_the_full_image_and_the_encoder_its_pooled_copy(prompt_encoder):
+    net = tiny(1, prompt_encoder, "both", input_side=128).eval()  # the tiny backbone's side is 64
+    x = torch.rand(2, 3, 128, 128)
+    seen = []
+    encode = net.sam.encode
+    net.sam.encode = lambda im: seen.append(im) or encode(im)
+    with torch.no_grad():
+        y = net(x)
+    assert y.shape == (2, 2, 128, 128)
+    torch.testing.assert_close(seen[0], torch.nn.functional.avg_pool2d(x, 2))  # the encoder sees its own size
+    if prompt_encoder != "head":  # g reads the full-resolution image: changing one pixel of it moves the prompt
+        x2 = x.clone()
+        x2[:, :, 1::2, 1::2] = x[:, :, ::2, ::2]
+        x2[:, :, ::2, ::2] = x[:, :, 1::2, 1::2]  # the same 2 x 2 means, so the same pooled image
+        torch.testing.assert_close(torch.nn.functional.avg_pool2d(x2, 2), seen[0])
+        net.image_prompt_encoder.out.weight.data.normal_()
+        with torch.no_grad():
+            assert not torch.allclose(net.dense_prompts(x, net.embed(x)), net.dense_prompts(x2, net.embed(x2)))
+    with pytest.raises(ValueError, match="expects images"):
+        net(torch.rand(1, 3, 64, 64))
+    with pytest.raises(ValueError, match="multiple of"):
+        tiny(input_side=96)
+
+
+def test_weights_trained_at_another_image_size_are_refused(tmp_path):
+    torch.save(tiny(input_side=128).state_dict(), tmp_path / "g128.pt")
+    with pytest.raises(CheckpointError, match="input_side"):
+        tiny().load_state_dict(torch.load(tmp_path / "g128.pt", weights_only=True))
+    tiny(input_side=128).load_state_dict(torch.load(tmp_path / "g128.pt", weights_only=True))
