@@ -176,6 +176,44 @@ def test_train_pretrained_g_with_photometric_augmentation_and_cascade(polyp_fold
     assert "val_mean_dice" in read_metrics(ev / "metrics.csv")
 
 
+def test_g_at_twice_the_encoders_side_through_the_bundle(polyp_folder, tmp_path):
+    """``--image_size 2S``: the pipeline pre-processes at 2S, g reads that, the frozen encoder its pooled S copy; the
+    checkpoint records the side, and masks come back on each image's own grid."""
+    datalist = write_datalist(kvasir_datalist(polyp_folder), tmp_path / "dl.json")
+    common = dict(dataset_dir=str(polyp_folder), datalist=str(datalist), num_workers=0)
+    g = {"weights": None, "fpn_channels": 16, "hidden_channels": 16}
+    net = tiny(output="both", prompt_encoder="efficientnet", prompt_encoder_kwargs=g, input_side="@image_size")
+    side = 2 * net["image_size"]
+    models = tmp_path / "models"
+    run_workflow(
+        BUNDLE,
+        "train.json",
+        output_dir=str(tmp_path / "run"),
+        ckpt_dir=str(models),
+        max_epochs=1,
+        **common,
+        **{**net, "image_size": side},
+    )
+    model = models / "model.pt"
+    assert torch.load(model, weights_only=True)["_extra_state"]["input_side"] == side
+    pred = tmp_path / "pred"
+    net_sam = tiny(output="sam", prompt_encoder="efficientnet", prompt_encoder_kwargs=g, input_side="@image_size")
+    run_workflow(
+        BUNDLE,
+        "inference.json",
+        output_dir=str(pred),
+        model_path=str(model),
+        **common,
+        **{**net_sam, "image_size": side},
+    )
+    for name in ("case4", "case5"):
+        src = Image.open(polyp_folder / "images" / f"{name}.png")
+        assert np.asarray(Image.open(pred / "images" / f"{name}.png")).shape == (src.height, src.width)
+    with pytest.raises(Exception) as e:  # the same weights in a pipeline at the encoder's own side
+        run_workflow(BUNDLE, "evaluate.json", output_dir=str(tmp_path / "ev"), model_path=str(model), **common, **net)
+    assert "input_side" in chain(e.value)
+
+
 @pytest.mark.integration
 def test_committed_pretrained_g_model_segments_real_polyps(tmp_path):
     """The committed models/model.pt (ImageNet EfficientNet-Lite0 g, from its wheel) loads onto the real LiteMedSAM
