@@ -51,15 +51,17 @@ def probabilities(a: argparse.Namespace, split: str) -> list[tuple]:
             ],
         },
         **({"symmetries": a.symmetries} if a.symmetries else {}),
+        **({"image_size": a.image_size} if getattr(a, "image_size", None) else {}),
     )
     wf.initialize()
     evaluator = wf.parser.get_parsed_content("evaluator")
+    key = wf.parser.get_parsed_content("pred_key")  # AutoSAM: "pred_sam" (its "pred" holds h's channel too)
     kept: list[tuple] = []
 
     @evaluator.on(Events.ITERATION_COMPLETED)
     def _keep(engine) -> None:
         for item in engine.state.output:
-            kept.append((item["pred"].detach().cpu().as_tensor(), item["label"].detach().cpu().as_tensor()))
+            kept.append((item[key].detach().cpu().as_tensor(), item["label"].detach().cpu().as_tensor()))
 
     wf.run()
     wf.finalize()
