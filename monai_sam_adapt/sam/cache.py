@@ -7,7 +7,7 @@ content, the pre-processing (resize, normalisation: both change the bytes) and t
 
 - deterministic pre-processing: every epoch after the first is a hit;
 - random augmentation before the encoder: an augmented image has new bytes, so it is a miss and is encoded afresh. A
-  stale embedding can never be returned; the cache only stops helping. ``max_entries`` bounds memory in that case.
+  stale embedding can never be returned; the cache only stops helping. ``max_entries`` and ``max_bytes`` bound memory.
 - a different checkpoint, backbone or size: different key, never a wrong hit.
 
 Entries live in memory (a bounded LRU) and, if ``directory`` is set, on disk as safetensors (written atomically, so
@@ -38,6 +38,9 @@ class EmbeddingCache:
     Args:
         directory: folder for ``<key>.safetensors`` files, or ``None`` for memory only. Default ``None``.
         max_entries: in-memory entries kept (least recently used evicted). Default 4096.
+        max_bytes: in-memory bytes kept, the same way; ``None``: no bound but ``max_entries``. Default 4 GiB (a
+            LiteMedSAM embedding is 4 MiB in float32, so about 1000 entries: 4096 of them, 16 GiB, took a 24 GB
+            machine out of memory in a training run; with ``directory`` set the rest are read back from disk).
         fingerprint: what names the encoder (e.g. ``FrozenSAM.fingerprint``); part of every key. Default ``None``.
         tag: extra text in every key (e.g. a pre-processing version). Default ``""``.
         dtype: storage dtype (``torch.float16`` halves memory and disk at a small precision cost). Default float32.
@@ -52,6 +55,7 @@ class EmbeddingCache:
         self,
         directory: str | os.PathLike | None = None,
         max_entries: int = 4096,
+        max_bytes: int | None = 4 * 2**30,
         fingerprint: dict[str, Any] | None = None,
         tag: str = "",
         dtype: torch.dtype = torch.float32,
@@ -62,6 +66,10 @@ class EmbeddingCache:
         if self.directory is not None:
             self.directory.mkdir(parents=True, exist_ok=True)
         self.max_entries = int(max_entries)
+        if max_bytes is not None and max_bytes < 0:
+            raise ValueError(f"max_bytes must be >= 0 or None, got {max_bytes}.")
+        self.max_bytes = max_bytes
+        self._bytes = 0
         self.dtype = dtype
         # the key text "identity" is kept so that caches written before the rename stay valid
         self._prefix = json.dumps({"identity": fingerprint, "tag": tag}, sort_keys=True, default=str).encode()
@@ -100,10 +108,15 @@ class EmbeddingCache:
         if self.max_entries == 0:
             return
         with self._lock:
+            if key not in self._memory:
+                self._bytes += value.nelement() * value.element_size()
             self._memory[key] = value
             self._memory.move_to_end(key)
-            while len(self._memory) > self.max_entries:
-                self._memory.popitem(last=False)
+            while self._memory and (
+                len(self._memory) > self.max_entries or (self.max_bytes is not None and self._bytes > self.max_bytes)
+            ):
+                _, old = self._memory.popitem(last=False)
+                self._bytes -= old.nelement() * old.element_size()
 
     def _put(self, key: str, value: torch.Tensor) -> None:
         value = value.detach().to("cpu", self.dtype).contiguous()

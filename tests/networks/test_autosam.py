@@ -310,3 +310,21 @@ def test_weights_trained_at_another_image_size_are_refused(tmp_path):
     with pytest.raises(CheckpointError, match="input_side"):
         tiny().load_state_dict(torch.load(tmp_path / "g128.pt", weights_only=True))
     tiny(input_side=128).load_state_dict(torch.load(tmp_path / "g128.pt", weights_only=True))
+
+
+def test_embedding_cache_memory_is_bounded_in_bytes_and_the_disk_keeps_the_rest(tmp_path):
+    cache = EmbeddingCache(tmp_path, max_bytes=3 * 16 * 4)  # three float32 entries of 16 values
+    encoded = []
+
+    def encode(x):
+        encoded.append(len(x))
+        return x.flatten(1)[:, :16] * 2
+
+    images = torch.rand(5, 1, 4, 4)
+    first = cache(images, encode)
+    assert len(cache._memory) == 3 and cache._bytes == 3 * 16 * 4  # the two oldest left memory
+    again = cache(images, encode)  # ... and came back from disk, never re-encoded
+    torch.testing.assert_close(first, again)
+    assert encoded == [5] and len(list(tmp_path.glob("*.safetensors"))) == 5
+    with pytest.raises(ValueError, match="max_bytes"):
+        EmbeddingCache(max_bytes=-1)
