@@ -56,10 +56,7 @@ def main() -> None:
             if len(m) != len(first) or any(not (a_[1] == b_[1]).all() for a_, b_ in zip(m, first)):
                 raise SystemExit(f"the evaluation at side {side} did not see the same images and labels")
         rows = {f"{side} alone": score(m, 0.5, 0) for side, m in maps.items()}
-        mean = [
-            (sum(m[i][0] for m in maps.values()) / len(maps), next(iter(maps.values()))[i][1])
-            for i in range(len(next(iter(maps.values()))))
-        ]
+        mean = [(sum(m[i][0] for m in maps.values()) / len(maps), label) for i, (_, label) in enumerate(first)]
         rows["mean of " + " + ".join(str(s) for s in maps)] = score(mean, 0.5, 0)
         result["splits"][split] = {"images": len(mean), "rows": rows}
         print(split, rows, flush=True)

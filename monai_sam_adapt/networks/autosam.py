@@ -176,12 +176,6 @@ class AutoSAM(TrainedPartsCheckpoint, nn.Module):
         b, _, h, w = dense.shape
         return dense.reshape(b, self.num_classes, self.sam.embed_dim, h, w)
 
-    def upscale(self, low: torch.Tensor) -> torch.Tensor:
-        """Decoder-grid logits ``(B, K, h, w)`` -> ``(B, K, image_size, image_size)``."""
-        if self.pool == 1:
-            return self.sam.upscale(low)
-        return F.interpolate(low, size=(self.image_size,) * 2, mode="bilinear", align_corners=False)
-
     def forward(self, image: torch.Tensor, g_image: torch.Tensor | None = None) -> torch.Tensor:
         """``image (B, 3, S, S)`` pre-processed for the backbone (``S``: ``image_size``) -> logits ``(B, K, S, S)``
         (``(B, 2K, S, S)`` for ``output="both"``).
@@ -201,12 +195,12 @@ class AutoSAM(TrainedPartsCheckpoint, nn.Module):
             low = low[:, :, 0]
             if self.cascade and not self.training:
                 low = self.refine(embedding, dense, low)
-            outs.append(self.upscale(low))
+            outs.append(self.sam.upscale(low, self.image_size))
         if self.output in ("h", "both"):
             d = dense.detach() if self.output == "both" else dense  # h learns beside g, never through it
             b, k = d.shape[:2]
             low_h = self.surrogate_decoder(d.flatten(0, 1)).reshape(b, k, 4 * d.shape[-2], 4 * d.shape[-1])
-            outs.append(self.upscale(low_h))
+            outs.append(self.sam.upscale(low_h, self.image_size))
         return torch.cat(outs, 1)
 
     def refine(self, embedding: torch.Tensor, dense: torch.Tensor, low: torch.Tensor) -> torch.Tensor:

@@ -450,12 +450,14 @@ class FrozenSAM(nn.Module):
             ious.append(iou)
         return torch.stack(logits), torch.stack(ious)
 
-    def upscale(self, low_res_logits: torch.Tensor) -> torch.Tensor:
-        """Bilinear upsampling of decoder logits ``(..., 4h, 4w)`` to the encoder input size ``(..., S, S)``."""
+    def upscale(self, low_res_logits: torch.Tensor, size: int | None = None) -> torch.Tensor:
+        """Bilinear upsampling of decoder logits ``(..., 4h, 4w)`` to ``(..., size, size)``, by default the encoder
+        input size ``S``."""
+        side = int(size or self.image_size)
         shape = low_res_logits.shape
         flat = low_res_logits.reshape(-1, 1, *shape[-2:])
-        up = F.interpolate(flat, size=(self.image_size, self.image_size), mode="bilinear", align_corners=False)
-        return up.reshape(*shape[:-2], self.image_size, self.image_size)
+        up = F.interpolate(flat, size=(side, side), mode="bilinear", align_corners=False)
+        return up.reshape(*shape[:-2], side, side)
 
     def extra_repr(self) -> str:
         return f"name={self.name}, image_size={self.image_size}, checkpoint={self.checkpoint_path}"
