@@ -1,4 +1,5 @@
-"""Per-image Dice of one or more evaluations, grouped by how much of the image the expert's mask covers.
+"""Per-image Dice of one or more evaluations, grouped by how much of the image the expert's mask covers, and each
+evaluation paired with the first one over the same images.
 
     python benchmarks/dice_by_size.py --data ../shared/data/kvasir_seg \
         --run 256px=EVAL_DIR_A --run 512px=EVAL_DIR_B --out benchmarks/results/dice_by_size_autosam_kvasir.json
@@ -8,6 +9,10 @@ image, the image's path first). The expert mask of each image is found beside it
 ``masks/``; GlaS: ``<name>.png`` -> ``<name>_anno.png``) and binarised at 127, as the bundles do. Bins are of the mask's
 area over the image's area; per bin: images, mean Dice per run, images below Dice 0.5 per run. Where AutoSAM misses on
 Kvasir-SEG it misses small polyps, which is what reading g at a larger side is for.
+
+``paired``: for every run after the first, the mean per-image Dice difference to the first run, its standard error
+(sample standard deviation of the differences over the square root of the number of images), and how many images gain
+or lose more than 0.05: how the bundles' docs decide whether a model chosen on validation beats the one before.
 """
 
 from __future__ import annotations
@@ -62,9 +67,20 @@ def main() -> None:
                 "below_0.5": int((values < 0.5).sum()),
             }
         bins.append(row)
+    first = next(iter(runs))
+    paired = {}
+    for run, dice in list(runs.items())[1:]:
+        diff = np.array([dice[n] - runs[first][n] for n in images])
+        paired[f"{run} - {first}"] = {
+            "mean": round(float(diff.mean()), 4),
+            "standard_error": round(float(diff.std(ddof=1) / np.sqrt(len(diff))), 4) if len(diff) > 1 else None,
+            "gain_over_0.05": int((diff > 0.05).sum()),
+            "loss_over_0.05": int((diff < -0.05).sum()),
+        }
     result = {
         "images": len(images),
         "mean_dice": {run: round(float(np.mean([d[n] for n in images])), 4) for run, d in runs.items()},
+        "paired": paired,
         "bins": bins,
     }
     report(result, a.out)

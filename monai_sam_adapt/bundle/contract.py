@@ -88,6 +88,8 @@ OPTIONAL_KEYS: dict[str, str] = {
     "symmetries": "inference/evaluation of 2D bundles trained with flips and 90 degree rotations: none, flips or "
     "dihedral, the flipped/rotated copies whose predictions are averaged (monai_sam_adapt.engines.SymmetryInferer)",
     "overwrite": "inference: replace existing outputs in output_dir (default false: an existing file is refused)",
+    "trained_overrides": "keys replaced when serving weights trained through MONAI Label with train.json, where the "
+    "committed model is built otherwise (autosam_kvasir: an ensemble of separately trained models)",
 }
 #: What :class:`monai_sam_adapt.serving.bundle_task.BundleSegmentationTask` overrides in ``inference.json`` per request.
 SERVING_OVERRIDES = (

@@ -5,7 +5,7 @@ Not here: the frozen backbones and their embedding cache (:mod:`monai_sam_adapt.
 (:mod:`monai_sam_adapt.losses`), errors (:mod:`monai_sam_adapt.errors`).
 """
 
-from .autosam import AutoSAM, autosam_lite_medsam
+from .autosam import AutoSAM, AutoSAMEnsemble, autosam_lite_medsam
 from .blocks import ChannelMix, CNNPromptEncoder, EmbeddingHeadPromptEncoder, SurrogateDecoder
 from .checkpointing import TrainedPartsCheckpoint
 from .prompted import PromptedSAM
@@ -24,6 +24,7 @@ __all__ = [
     "METHODS",
     "SSAM",
     "AutoSAM",
+    "AutoSAMEnsemble",
     "CLIPTextEncoder",
     "CNNPromptEncoder",
     "ChannelMix",

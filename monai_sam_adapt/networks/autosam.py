@@ -7,6 +7,8 @@ https://arxiv.org/abs/2306.06370.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -25,7 +27,7 @@ from .blocks import (
 )
 from .checkpointing import TrainedPartsCheckpoint
 
-__all__ = ["CASCADES", "OUTPUTS", "PROMPT_ENCODERS", "AutoSAM", "autosam_lite_medsam"]
+__all__ = ["CASCADES", "OUTPUTS", "PROMPT_ENCODERS", "AutoSAM", "AutoSAMEnsemble", "autosam_lite_medsam"]
 
 OUTPUTS = ("sam", "h", "both")
 PROMPT_ENCODERS = ("head", "cnn", "efficientnet")
@@ -134,9 +136,7 @@ class AutoSAM(TrainedPartsCheckpoint, nn.Module):
         with torch.no_grad():
             out.bias.copy_(self.sam.prompt_encoder.no_mask_embed.weight[0].repeat(num_classes))
         self.surrogate_decoder = SurrogateDecoder(dim) if surrogate else None
-        if cache is True or isinstance(cache, (str, os.PathLike)):
-            cache = EmbeddingCache(None if cache is True else cache, fingerprint=self.sam.fingerprint)
-        self.cache = None if cache is None or cache is False else cache
+        self.cache = _embedding_cache(cache, self.sam)
 
     # ------------------------------------------------------------------ checkpoints hold g and h only
     def checkpoint_fingerprint(self) -> dict:
@@ -187,20 +187,25 @@ class AutoSAM(TrainedPartsCheckpoint, nn.Module):
                 f"AutoSAM(input_side={self.image_size}) expects images (B, 3, {self.image_size}, {self.image_size}), "
                 f"got {tuple(image.shape)}: pre-process them with SAMPreprocessd(image_size={self.image_size})."
             )
-        embedding = self.embed(image)
-        dense = self.dense_prompts(image if g_image is None else g_image, embedding)
+        return self.decode(image if g_image is None else g_image, self.embed(image))
+
+    def decode(self, g_image: torch.Tensor, embedding: torch.Tensor, size: int | None = None) -> torch.Tensor:
+        """Logits ``(B, K or 2K, size, size)`` from what g reads (at ``image_size``) and the frozen encoder's
+        ``embedding`` of the same image (default ``size``: ``image_size``)."""
+        size = size or self.image_size
+        dense = self.dense_prompts(g_image, embedding)
         outs = []
         if self.output in ("sam", "both"):
             low, _ = self.sam.decode(embedding, dense=dense)
             low = low[:, :, 0]
             if self.cascade and not self.training:
                 low = self.refine(embedding, dense, low)
-            outs.append(self.sam.upscale(low, self.image_size))
+            outs.append(self.sam.upscale(low, size))
         if self.output in ("h", "both"):
             d = dense.detach() if self.output == "both" else dense  # h learns beside g, never through it
             b, k = d.shape[:2]
             low_h = self.surrogate_decoder(d.flatten(0, 1)).reshape(b, k, 4 * d.shape[-2], 4 * d.shape[-1])
-            outs.append(self.sam.upscale(low_h, self.image_size))
+            outs.append(self.sam.upscale(low_h, size))
         return torch.cat(outs, 1)
 
     def refine(self, embedding: torch.Tensor, dense: torch.Tensor, low: torch.Tensor) -> torch.Tensor:
@@ -226,6 +231,133 @@ class AutoSAM(TrainedPartsCheckpoint, nn.Module):
                 again, _ = self.sam.decode(embedding[b : b + 1], boxes=box, dense=d)
                 out[b, k] = again[0, :, 0].amax(0)  # the components' masks united
         return out
+
+
+class AutoSAMEnsemble(TrainedPartsCheckpoint, nn.Module):
+    """Separately trained :class:`AutoSAM` models on one frozen backbone, their probabilities averaged: an ensemble
+    over g's input side (a 256 px and a 512 px g) and/or g's architecture.
+
+    The frozen image encoder, the expensive part, runs once per image: each member alone feeds its encoder the image
+    average-pooled to the backbone's side, which is the same tensor for every member, so one embedding (and one cache
+    entry) serves them all. Each member's g reads the image average-pooled to its own ``input_side``; its logits are
+    upsampled from the decoder grid straight to this model's side and turned into probabilities; the mean probability
+    comes back as logits (thresholding them at 0 is the mean at 0.5). With ``output="both"`` the SAM and h halves are
+    averaged separately. The members are trained one by one (the bundles' ``train.json``), then put together with
+    :meth:`load_members`; the ensemble's ``state_dict`` holds them all in one file.
+
+    Args:
+        members: one dict of :class:`AutoSAM` arguments per member (``prompt_encoder``, ``input_side``,
+            ``prompt_encoder_kwargs``, ``surrogate``), e.g. ``[{"prompt_encoder": "efficientnet"},
+            {"prompt_encoder": "efficientnet", "input_side": 512}]``.
+        backbone, checkpoint, num_classes, output, cache, cascade, backbone_kwargs: as :class:`AutoSAM`, shared by
+            the members (``cascade`` runs in each member).
+        input_side: the side of the (square, pre-processed) images given; a multiple of every member's
+            ``input_side``. Default ``None``: the largest of them.
+
+    Example::
+
+        g = {"prompt_encoder": "efficientnet"}
+        net = AutoSAMEnsemble([g, {**g, "input_side": 512}])
+        net.load_members(["g256/model.pt", "g512/model.pt"]).save("ensemble.pt")  # each member's file checked
+        logits = net(images_512)                              # (B, 1, 512, 512)
+    """
+
+    fingerprint_keys = ("backbone", "sha256", "arch", "num_classes", "members")
+
+    def __init__(
+        self,
+        members: Sequence[Mapping[str, Any]],
+        backbone: FrozenSAM | str = DEFAULT_BACKBONE,
+        checkpoint: Any = "default",
+        num_classes: int = 1,
+        output: str = "sam",
+        cache: EmbeddingCache | bool | str | os.PathLike | None = None,
+        cascade: bool | str = False,
+        input_side: int | None = None,
+        **backbone_kwargs: Any,
+    ) -> None:
+        super().__init__()
+        if not members:
+            raise ValueError("AutoSAMEnsemble needs at least one member.")
+        shared = {"backbone", "checkpoint", "num_classes", "output", "cache", "cascade"}
+        for spec in members:
+            if not isinstance(spec, Mapping) or shared & set(spec):
+                raise ValueError(
+                    f"each member is a dict of its own AutoSAM arguments (not {sorted(shared)}, which the members "
+                    f"share), got {spec!r}."
+                )
+        self.sam = backbone if isinstance(backbone, FrozenSAM) else FrozenSAM(backbone, checkpoint, **backbone_kwargs)
+        self.num_classes, self.output = num_classes, output
+        common = {"num_classes": num_classes, "output": output, "cascade": cascade}
+        self.members = nn.ModuleList(AutoSAM(self.sam, **common, **dict(spec)) for spec in members)
+        sides = [m.image_size for m in self.members]
+        self.image_size = int(input_side or max(sides))
+        bad = [s for s in sides if self.image_size % s]
+        if bad:
+            raise ValueError(f"input_side {self.image_size} must be a multiple of every member's side, not of {bad}.")
+        self.cache = _embedding_cache(cache, self.sam)
+
+    def checkpoint_fingerprint(self) -> dict:
+        names = [f"{m.prompt_encoder_name}@{m.image_size}" for m in self.members]
+        return {"method": "AutoSAMEnsemble", "num_classes": self.num_classes, "members": names, **self.sam.fingerprint}
+
+    def trainable_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters() if p.requires_grad)
+
+    def load_members(self, paths: Sequence[str | os.PathLike]) -> AutoSAMEnsemble:
+        """Load each member's own AutoSAM weights file (as its bundle saves them); a file that does not fit its member
+        (another backbone, g or input side) raises :class:`CheckpointError` naming the file. Returns ``self``."""
+        from ..errors import CheckpointError
+        from ..sam.checkpoint import read_checkpoint
+
+        if len(paths) != len(self.members):
+            raise ValueError(f"{len(self.members)} members, {len(paths)} weight files: {list(map(str, paths))}.")
+        for i, (member, path) in enumerate(zip(self.members, paths)):
+            state = read_checkpoint(path, f"member {i}")
+            if isinstance(state, Mapping) and isinstance(state.get("model"), Mapping):  # a training checkpoint
+                state = state["model"]
+            try:
+                member.load_state_dict(state)
+            except (CheckpointError, RuntimeError) as e:
+                raise CheckpointError(f"member {i} ({str(path)!r}): {e}") from None
+        return self
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write this ensemble's weights (every member's g and h, no frozen weights) to ``path`` in one atomic write
+        (a bundle's ``model_path``); returns the path."""
+        from ..io import atomic_write
+
+        with atomic_write(path) as tmp:
+            torch.save(self.state_dict(), tmp)
+        return Path(path)
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        """``image (B, 3, N, N)`` (``N``: ``image_size``) -> logits of the members' mean probability
+        ``(B, K, N, N)`` (``(B, 2K, N, N)`` for ``output="both"``)."""
+        n = self.image_size
+        if image.ndim != 4 or tuple(image.shape[-2:]) != (n, n):
+            raise ValueError(
+                f"AutoSAMEnsemble(input_side={n}) expects images (B, 3, {n}, {n}), got {tuple(image.shape)}: "
+                f"pre-process them with SAMPreprocessd(image_size={n})."
+            )
+        encoder_input = F.avg_pool2d(image, n // self.sam.image_size) if n > self.sam.image_size else image
+        if self.cache is not None:
+            embedding = self.cache(encoder_input, self.sam.encode)
+        else:
+            with torch.no_grad():
+                embedding = self.sam.encode(encoder_input)
+        probs = 0
+        for m in self.members:
+            g_image = F.avg_pool2d(image, n // m.image_size) if n > m.image_size else image
+            probs = probs + torch.sigmoid(m.decode(g_image, embedding, size=n).float())
+        return torch.logit(probs / len(self.members), eps=1e-6)
+
+
+def _embedding_cache(cache: EmbeddingCache | bool | str | os.PathLike | None, sam: FrozenSAM) -> EmbeddingCache | None:
+    """``True``: an in-memory cache; a folder: one on disk (keyed by ``sam``'s fingerprint); ``None``: none."""
+    if cache is True or isinstance(cache, (str, os.PathLike)):
+        cache = EmbeddingCache(None if cache is True else cache, fingerprint=sam.fingerprint)
+    return None if cache is None or cache is False else cache
 
 
 def _components(mask: torch.Tensor) -> list[torch.Tensor]:

@@ -91,6 +91,10 @@ class BundleSegmentationTask(InferTask):
         parser["device"] = f"$torch.device('{device}')"
         if self.runtime:
             parser["runtime"] = self.runtime
+        if self.model_path != self.bundle_model:  # weights from train.json: the network it trains, not the committed
+            parser.resolve_macro_and_relative_ids()
+            for key, value in (parser.get("trained_overrides") or {}).items():
+                parser[key] = value
         return parser
 
     def network(self, device: torch.device) -> tuple[Any, Any]:
@@ -98,7 +102,7 @@ class BundleSegmentationTask(InferTask):
         with self._lock:
             path = self.model_path
             stamp = (str(path), path.stat().st_mtime_ns)
-            if self._network is None:
+            if self._network is None or (self._loaded and self._loaded[0] != str(path)):  # committed <-> trained
                 parser = self._parser(device)
                 self._network = (parser.get_parsed_content("network_def"), parser.get_parsed_content("network"))
                 self._net_device = device

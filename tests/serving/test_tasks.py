@@ -288,3 +288,44 @@ def test_interactive_task_runs_its_encoder_in_the_chosen_runtime(tmp_path, monke
     got = nib.load(fast(request)[0]).get_fdata()
     assert fast.sam(torch.device("cpu")).encoder_runtime is not None
     assert (got == ref).mean() > 0.999
+
+
+def test_a_committed_ensemble_is_served_then_monai_label_trained_weights_with_train_jsons_network(tmp_path, disk_png):
+    """autosam_kvasir's committed model is an AutoSAMEnsemble at 128 (here: tiny); weights that MONAI Label trains
+    with train.json are one AutoSAM at the backbone's side, served through the bundle's ``trained_overrides``."""
+    import json
+    import shutil
+
+    from monai_sam_adapt.bundle import config_parser
+    from monai_sam_adapt.networks import AutoSAM, AutoSAMEnsemble
+    from tests.bundles.helpers import tiny_network_override
+
+    root = tmp_path / "bundles"
+    bundle = root / "autosam_kvasir_tiny"
+    shutil.copytree(REPO / "bundles" / "autosam_kvasir" / "configs", bundle / "configs")
+    shutil.copytree(REPO / "bundles" / "common", root / "common")
+    members = [{"prompt_encoder": "head"}, {"prompt_encoder": "head", "input_side": 128}]
+    ens = tiny_network_override("monai_sam_adapt.networks.AutoSAMEnsemble", members=members)
+    single = tiny_network_override("monai_sam_adapt.networks.AutoSAM", prompt_encoder="head")
+    cfg = json.loads((bundle / "configs" / "inference.json").read_text())
+    cfg.update(ens, image_size=128, trained_overrides={"network_def": single["network_def"], "image_size": 64})
+    (bundle / "configs" / "inference.json").write_text(json.dumps(cfg))
+    (bundle / "models").mkdir()
+    torch.save(
+        config_parser(bundle, "inference.json").get_parsed_content("network_def").state_dict(),
+        bundle / "models" / "model.pt",
+    )
+    trained = tmp_path / "model" / "polyp" / "model.pt"
+    task = BundleSegmentationTask(bundle, device="cpu", trained_path=trained)
+    path, disk = disk_png
+    out, _ = task({"image": str(path)})
+    assert np.asarray(Image.open(out)).shape == disk.shape
+    assert isinstance(task.network(torch.device("cpu"))[1], AutoSAMEnsemble)
+
+    trained.parent.mkdir(parents=True)
+    torch.save(
+        config_parser(bundle, "inference.json", **single).get_parsed_content("network_def").state_dict(), trained
+    )
+    out, _ = task({"image": str(path)})
+    assert np.asarray(Image.open(out)).shape == disk.shape
+    assert isinstance(task.network(torch.device("cpu"))[1], AutoSAM)
