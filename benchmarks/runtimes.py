@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-BUNDLES = {"autosam_kvasir": "kvasir_seg", "ssam_glas": "glas", "boxsam_kvasir": "kvasir_seg"}
+BUNDLES = {"autosam_kvasir": "kvasir_seg", "autosam_glas": "glas", "ssam_glas": "glas", "boxsam_kvasir": "kvasir_seg"}
 RUNTIMES = ("torch", "torch-bf16", "onnxruntime", "openvino", "openvino-bf16")
 
 
