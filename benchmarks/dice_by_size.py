@@ -10,9 +10,8 @@ image, the image's path first). The expert mask of each image is found beside it
 area over the image's area; per bin: images, mean Dice per run, images below Dice 0.5 per run. Where AutoSAM misses on
 Kvasir-SEG it misses small polyps, which is what reading g at a larger side is for.
 
-``paired``: for every run after the first, the mean per-image Dice difference to the first run, its standard error
-(sample standard deviation of the differences over the square root of the number of images), and how many images gain
-or lose more than 0.05: how the bundles' docs decide whether a model chosen on validation beats the one before.
+``paired``: every run after the first against the first, per image (``_results.paired_gain``: mean difference, its
+standard error, images gaining / losing more than 0.05).
 """
 
 from __future__ import annotations
@@ -22,7 +21,7 @@ import csv
 from pathlib import Path
 
 import numpy as np
-from _results import report
+from _results import paired_gain, report
 from PIL import Image
 
 BINS = (0.0, 0.03, 0.08, 0.2, 1.01)
@@ -68,15 +67,10 @@ def main() -> None:
             }
         bins.append(row)
     first = next(iter(runs))
-    paired = {}
-    for run, dice in list(runs.items())[1:]:
-        diff = np.array([dice[n] - runs[first][n] for n in images])
-        paired[f"{run} - {first}"] = {
-            "mean": round(float(diff.mean()), 4),
-            "standard_error": round(float(diff.std(ddof=1) / np.sqrt(len(diff))), 4) if len(diff) > 1 else None,
-            "gain_over_0.05": int((diff > 0.05).sum()),
-            "loss_over_0.05": int((diff < -0.05).sum()),
-        }
+    paired = {
+        f"{run} - {first}": paired_gain([dice[n] for n in images], [runs[first][n] for n in images])
+        for run, dice in list(runs.items())[1:]
+    }
     result = {
         "images": len(images),
         "mean_dice": {run: round(float(np.mean([d[n] for n in images])), 4) for run, d in runs.items()},

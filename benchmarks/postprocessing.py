@@ -10,8 +10,9 @@ overridden here) with the thresholding left out, so each image's probability map
 MONAI's Dice and 95% Hausdorff distance (the HD95 mean is over images with a finite distance). Choose on
 ``validation``; ``testing`` is for reporting the chosen pair once. The bundles ship no such step: on ``ssam_glas``'s
 validation images it did not pay (``benchmarks/results/postprocessing_ssam_glas.json``). Each row's ``vs_shipped``: its
-mean per-image Dice gain over the shipped 0.5 / no removal and that gain's standard error over the images; a grid of
-30 pairs chosen on the same images needs more than one standard error to mean anything.
+per-image Dice against the shipped 0.5 / no removal (``_results.paired_gain``: mean gain, its standard error, images
+gaining / losing more than 0.05); a grid of 30 pairs chosen on the same images needs more than one standard error to
+mean anything.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import itertools
 import sys
 from pathlib import Path
 
-from _results import report
+from _results import paired_gain, report
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -95,16 +96,6 @@ def score(maps: list[tuple], threshold: float, min_size: int) -> dict:
     }
 
 
-def paired(row: dict, reference: dict) -> dict:
-    """Mean per-image Dice difference of ``row`` to ``reference`` (the bundles' own 0.5 and no removal) and its
-    standard error: whether a chosen pair gains more than the spread of the images."""
-    import numpy as np
-
-    diff = np.asarray(row["per_image_dice"]) - np.asarray(reference["per_image_dice"])
-    se = float(diff.std(ddof=1) / np.sqrt(len(diff))) if len(diff) > 1 else float("nan")
-    return {"gain": round(float(diff.mean()), 4), "standard_error": round(se, 4)}
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--bundle", default="ssam_glas")
@@ -124,11 +115,9 @@ def main() -> None:
     for split in a.splits:
         maps = probabilities(a, split)
         rows = [score(maps, t, m) for t, m in itertools.product(a.thresholds, a.min_sizes)]
-        shipped = score(maps, 0.5, 0)
+        shipped = score(maps, 0.5, 0)["per_image_dice"]
         for r in rows:
-            r["vs_shipped"] = paired(r, shipped)
-        for r in rows:
-            del r["per_image_dice"]
+            r["vs_shipped"] = paired_gain(r.pop("per_image_dice"), shipped)
         best = max(rows, key=lambda r: (r["dice"], -abs(r["threshold"] - 0.5), -r["min_object_size"]))
         result["splits"][split] = {"images": len(maps), "best": best, "rows": rows}
         print(split, best, flush=True)

@@ -119,7 +119,6 @@ class AutoSAM(TrainedPartsCheckpoint, nn.Module):
         self.image_size = int(input_side or side)
         if self.image_size % side:
             raise ValueError(f"input_side must be a multiple of {self.sam.name}'s input side {side}, got {input_side}.")
-        self.pool = self.image_size // side
         dim = self.sam.embed_dim
         kw = dict(prompt_encoder_kwargs or {})
         self.prompt_encoder_name, self.cascade = prompt_encoder, cascade
@@ -147,7 +146,7 @@ class AutoSAM(TrainedPartsCheckpoint, nn.Module):
         if self.prompt_encoder_name.startswith("efficientnet"):  # g starts from ImageNet weights: name them too
             out["prompt_encoder"] = f"efficientnet-{self.image_prompt_encoder.variant}"
             out["g_pretrained_sha256"] = self._g_weights_sha256
-        if self.pool > 1:  # models trained at the backbone's own side keep their fingerprint
+        if self.image_size != self.sam.image_size:  # models trained at the backbone's own side keep theirs
             out["input_side"] = self.image_size
         return out
 
@@ -162,18 +161,10 @@ class AutoSAM(TrainedPartsCheckpoint, nn.Module):
             return EFFICIENTNET_LITE_WEIGHTS[self.image_prompt_encoder.variant][3]
         return file_sha256(weights)
 
-    def trainable_parameters(self) -> int:
-        return sum(p.numel() for p in self.parameters() if p.requires_grad)
-
     # ------------------------------------------------------------------ forward
     def embed(self, image: torch.Tensor) -> torch.Tensor:
         """The frozen encoder's embedding of ``image`` (at this model's ``image_size``; pooled to the encoder's)."""
-        if self.pool > 1:  # exact and deterministic: each variant keeps fixed bytes, so its cache key holds
-            image = F.avg_pool2d(image, self.pool)
-        if self.cache is not None:
-            return self.cache(image, self.sam.encode)
-        with torch.no_grad():
-            return self.sam.encode(image)
+        return _frozen_embedding(self.sam, self.cache, image)
 
     def dense_prompts(self, image: torch.Tensor, embedding: torch.Tensor) -> torch.Tensor:
         """g(I): ``(B, K, C, h, w)``."""
@@ -292,7 +283,7 @@ class AutoSAMEnsemble(TrainedPartsCheckpoint, nn.Module):
                     f"share), got {spec!r}."
                 )
         self.sam = backbone if isinstance(backbone, FrozenSAM) else FrozenSAM(backbone, checkpoint, **backbone_kwargs)
-        self.num_classes, self.output = num_classes, output
+        self.num_classes = num_classes
         common = {"num_classes": num_classes, "output": output, "cascade": cascade}
         self.members = nn.ModuleList(AutoSAM(self.sam, **common, **dict(spec)) for spec in members)
         sides = [m.image_size for m in self.members]
@@ -305,9 +296,6 @@ class AutoSAMEnsemble(TrainedPartsCheckpoint, nn.Module):
     def checkpoint_fingerprint(self) -> dict:
         names = [f"{m.prompt_encoder_name}@{m.image_size}" for m in self.members]
         return {"method": "AutoSAMEnsemble", "num_classes": self.num_classes, "members": names, **self.sam.fingerprint}
-
-    def trainable_parameters(self) -> int:
-        return sum(p.numel() for p in self.parameters() if p.requires_grad)
 
     def load_members(self, paths: Sequence[str | os.PathLike]) -> AutoSAMEnsemble:
         """Load each member's own AutoSAM weights file (as its bundle saves them); a file that does not fit its member
@@ -345,17 +333,27 @@ class AutoSAMEnsemble(TrainedPartsCheckpoint, nn.Module):
                 f"AutoSAMEnsemble(input_side={n}) expects images (B, 3, {n}, {n}), got {tuple(image.shape)}: "
                 f"pre-process them with SAMPreprocessd(image_size={n})."
             )
-        encoder_input = F.avg_pool2d(image, n // self.sam.image_size) if n > self.sam.image_size else image
-        if self.cache is not None:
-            embedding = self.cache(encoder_input, self.sam.encode)
-        else:
-            with torch.no_grad():
-                embedding = self.sam.encode(encoder_input)
+        embedding = _frozen_embedding(self.sam, self.cache, image)
         probs = 0
         for m in self.members:
-            g_image = F.avg_pool2d(image, n // m.image_size) if n > m.image_size else image
-            probs = probs + torch.sigmoid(m.decode(g_image, embedding, size=n).float())
+            probs = probs + torch.sigmoid(m.decode(_pooled(image, m.image_size), embedding, size=n).float())
         return torch.logit(probs / len(self.members), eps=1e-6)
+
+
+def _pooled(image: torch.Tensor, side: int) -> torch.Tensor:
+    """``image (B, C, N, N)`` 2 x 2 (... k x k) average-pooled to ``side`` (``N`` a multiple of it): exact and
+    deterministic, so each augmented variant keeps fixed bytes and its cache key holds."""
+    n = image.shape[-1]
+    return F.avg_pool2d(image, n // side) if n > side else image
+
+
+def _frozen_embedding(sam: FrozenSAM, cache: EmbeddingCache | None, image: torch.Tensor) -> torch.Tensor:
+    """The frozen encoder's embedding of ``image`` pooled to the encoder's side, through ``cache`` when there is one."""
+    image = _pooled(image, sam.image_size)
+    if cache is not None:
+        return cache(image, sam.encode)
+    with torch.no_grad():
+        return sam.encode(image)
 
 
 def _embedding_cache(cache: EmbeddingCache | bool | str | os.PathLike | None, sam: FrozenSAM) -> EmbeddingCache | None:

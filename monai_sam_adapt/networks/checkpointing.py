@@ -26,6 +26,10 @@ class TrainedPartsCheckpoint:
     def checkpoint_fingerprint(self) -> dict[str, Any]:
         return {"method": type(self).__name__, **self.sam.fingerprint}
 
+    def trainable_parameters(self) -> int:
+        """Parameters that train (what ``state_dict`` keeps besides the fingerprint)."""
+        return sum(p.numel() for p in self.parameters() if p.requires_grad)
+
     def state_dict(self, *args, destination=None, prefix: str = "", keep_vars: bool = False):
         sd = super().state_dict(*args, destination=destination, prefix=prefix, keep_vars=keep_vars)
         trained = {prefix + "sam." + n for n, p in self.sam.named_parameters() if p.requires_grad}
