@@ -33,3 +33,31 @@ def test_committed_ensemble_segments_real_glands(tmp_path):
         output_dir=str(tmp_path / "ev"),
     )
     assert read_metrics(tmp_path / "ev" / "metrics.csv")["val_mean_dice"] == pytest.approx(0.9518, abs=0.005)
+
+
+def test_zoom_variants_are_a_finite_set_the_cache_serves_with_aligned_labels(monkeypatch):
+    """data_2d.json#dihedral_zoom (scale 0.8 / 1 / 1.25, then flips / 90-degree rotations) yields exactly 24 distinct
+    encoder inputs per image, so the embedding cache encodes each once; image and label stay aligned and binary."""
+    import torch
+    from monai.bundle import ConfigParser
+
+    from monai_sam_adapt.sam.cache import EmbeddingCache
+
+    monkeypatch.chdir(REPO)  # the config refers to flips_rot90 by its repository path, as the bundles do
+    parser = ConfigParser()
+    parser.read_config(REPO / "bundles" / "common" / "configs" / "data_2d.json")
+    augment = parser.get_parsed_content("dihedral_zoom")
+    image = torch.rand(3, 64, 64) * 0.2
+    image[:, 10:30, 14:44] = 1.0  # an off-centre object, so that every variant is another array
+    label = (image[:1] > 0.5).float()
+    cache, keys = EmbeddingCache(), set()
+    for seed in range(300):
+        augment.set_random_state(seed=seed)
+        out = augment({"image": image.clone(), "label": label.clone()})
+        keys.add(cache.key(torch.as_tensor(out["image"])))
+        lab = torch.as_tensor(out["label"])
+        assert set(lab.unique().tolist()) <= {0.0, 1.0}
+        bright = torch.as_tensor(out["image"])[:1] > 0.6
+        overlap = (bright & (lab > 0)).sum() / (bright | (lab > 0)).sum()
+        assert overlap > 0.9, seed
+    assert len(keys) == 24
