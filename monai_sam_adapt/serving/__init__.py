@@ -10,7 +10,8 @@ job each:
 - :mod:`.bundle_task`: a bundle as an automatic model (:class:`BundleSegmentationTask`); :mod:`.bundle_training`:
   training it on the datastore (:class:`BundleTrainingTask`); :mod:`.interactive`: clicks and boxes on the frozen
   SAM; :mod:`.inputs`: reading a request's files; :mod:`.datastore`: datastores that refuse bad uploads and write
-  DICOM SEG; :mod:`.errors`: the 4xx error.
+  DICOM SEG; :mod:`.errors`: the 4xx error; :mod:`.guard`: what a request may name, send and cost (identifiers
+  confined, uploads bounded and removed, remote clients only with authentication, inference time limit).
 - :mod:`.orthanc`: start Orthanc with DICOMweb on loopback, remote access refused.
 
 Not here: the bundle contract (:mod:`monai_sam_adapt.bundle`), test and demo scaffolding (``tests/serving/stack.py``:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 from pathlib import Path
 from typing import Any
 
+import torch
 from monailabel.config import settings
 from monailabel.datastore.dicom import DICOMwebClientX
 from monailabel.interfaces.app import MONAILabelApp
@@ -17,11 +19,14 @@ from monailabel.interfaces.tasks.train import TrainTask
 import monai_sam_adapt
 
 from ..bundle import bundle_labels, find_bundles
+from ..errors import find_error
 from ..runtime import check_runtime
 from .bundle_task import BundleSegmentationTask
 from .bundle_training import BundleTrainingTask
 from .datastore import CheckedLocalDatastore, SegDICOMWebDatastore
 from .errors import RequestError
+from .guard import DEFAULT_INFER_TIMEOUT_S, InferenceTimeout, check_name, deadline, upload_root
+from .inputs import device_for
 from .interactive import InteractiveSAMTask
 
 __all__ = ["SAMAdaptApp", "INTERACTIVE", "default_bundles_dir", "served_bundles"]
@@ -74,6 +79,9 @@ class SAMAdaptApp(MONAILabelApp):
     - ``device``: ``cuda`` or ``cpu`` (default: CUDA when available).
     - ``runtime``: how the frozen image encoders run on a CPU: ``torch`` (default), ``torch-bf16``, ``onnxruntime``,
       ``openvino``, ``openvino-bf16`` (:mod:`monai_sam_adapt.runtime`), for every model and the interactive one.
+    - ``infer_timeout_s``: longest inference before it is stopped and answered 503 (default 600).
+    - ``max_upload_mb``: largest request body, larger ones answered 413 before they are read (default 2048).
+    - ``interactive_cache_mb``: memory for the interactive model's slice embeddings (default 512).
 
     Nothing is downloaded at start: no model zoo, no SAM2, no dcmqi (DICOM SEG is written with highdicom).
     """
@@ -84,6 +92,8 @@ class SAMAdaptApp(MONAILabelApp):
         self.bundles = served_bundles(self.bundles_dir, conf.get("models", "all"))
         self.device = conf.get("device") or None
         self.runtime = check_runtime(conf.get("runtime") or "torch")
+        self.infer_timeout_s = float(conf.get("infer_timeout_s", DEFAULT_INFER_TIMEOUT_S))
+        self.interactive_cache_mb = float(conf.get("interactive_cache_mb", 512))
         self.model_dir = Path(app_dir) / "model"
         labels: dict[str, int] = {}
         for path in self.bundles.values():
@@ -137,6 +147,7 @@ class SAMAdaptApp(MONAILabelApp):
             self.conf.get("checkpoint", "default"),
             device=self.device,
             runtime=self.runtime,
+            cache_bytes=int(self.interactive_cache_mb * 2**20),
         )
         return infers
 
@@ -147,13 +158,58 @@ class SAMAdaptApp(MONAILabelApp):
         }
 
     def infer(self, request: dict[str, Any], datastore: Datastore | None = None) -> dict[str, Any]:
-        """MONAI Label's inference, refusing an unknown model or image id with a 404 that names it."""
+        """MONAI Label's inference, after checking what the request names (its ``params`` may set any key):
+
+        - ``model``: a served model (404 naming it otherwise);
+        - ``image``: an image id of the datastore (a plain name, 400; known, 404), the file uploaded with this
+          request, or the image of its session; ``label``: the file uploaded with it; never another path on the
+          server (400 naming the parameter);
+        - ``label_tag`` of a saved result: a plain name; ``device``: ``cpu``/``cuda[:N]``.
+
+        Inference runs within ``--conf infer_timeout_s`` (default 600 s): past it, it is stopped at its next layer,
+        its memory freed, and the request answered 503.
+        """
         model = request.get("model")
         if model not in self._infers:
             raise RequestError(f"unknown model {model!r}; served models: {sorted(self._infers)}.", 404)
+        sessions = self.sessions()
+        received = [upload_root()] + ([sessions.store_path] if sessions is not None else [])
         image = request.get("image")
-        if isinstance(image, str) and not os.path.exists(image):
-            store = datastore or self.datastore()
-            if image not in store.list_images():
-                raise RequestError(f"unknown image {image!r}: not in the datastore {store.name()!r}.", 404)
-        return super().infer(request, datastore)
+        if isinstance(image, str):
+            if _uploaded(image, received) is None:
+                check_name(image, "image")
+                store = datastore or self.datastore()
+                if image not in store.list_images():
+                    raise RequestError(f"unknown image {image!r}: not in the datastore {store.name()!r}.", 404)
+        elif image is not None:
+            raise RequestError(f"parameter 'image': {image!r} is not an image id.", 400)
+        if request.get("label") and _uploaded(request["label"], [upload_root()]) is None:
+            raise RequestError("parameter 'label': a label to refine is uploaded with the request, not named.", 400)
+        if request.get("save_label"):
+            check_name(request.get("label_tag", "original"), "label_tag")
+        if request.get("device"):
+            device_for(request["device"])
+        try:
+            with deadline(self.infer_timeout_s):
+                return super().infer(request, datastore)
+        except Exception as error:  # noqa: BLE001 - only a timeout is answered here; the config parser wraps it
+            e = find_error(error, (InferenceTimeout,))
+            if e is None:
+                raise
+            gc.collect()
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            raise RequestError(
+                f"model {model!r}: inference {e}, this server's limit (--conf infer_timeout_s); its memory is freed.",
+                503,
+            ) from e
+
+
+def _uploaded(value: Any, roots: list[str]) -> str | None:
+    """``value`` if it is a file the server received (a request's upload or a session's image: inside ``roots``),
+    else ``None``."""
+    if not isinstance(value, str) or not (os.path.isabs(value) or os.sep in value) or "\x00" in value:
+        return None
+    real = os.path.realpath(value)
+    inside = any(real.startswith(os.path.realpath(root) + os.sep) for root in roots)
+    return value if inside and os.path.exists(real) else None

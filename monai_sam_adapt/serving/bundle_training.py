@@ -12,6 +12,7 @@ from monailabel.interfaces.tasks.train import TrainTask
 from ..bundle import bundle_workflow
 from ..data.datalists import split_by_case
 from .errors import RequestError
+from .inputs import device_for
 
 __all__ = ["BundleTrainingTask"]
 
@@ -57,6 +58,7 @@ class BundleTrainingTask(TrainTask):
         return {"training": [by_image[k] for k in train], "validation": [by_image[k] for k in val]}
 
     def __call__(self, request: dict[str, Any], datastore: Any) -> dict[str, Any]:
+        device = device_for(request["device"]) if request.get("device") else None  # checked: goes into an expression
         defaults = self.config()
         conf = dict(defaults)
         for k in defaults.keys() & request.keys():  # as the defaults' types
@@ -79,8 +81,8 @@ class BundleTrainingTask(TrainTask):
             "num_workers": 0,
             **{k: v for k, v in conf.items() if k != "val_fraction"},
         }
-        if request.get("device"):
-            overrides["device"] = f"$torch.device('{request['device']}')"
+        if device is not None:
+            overrides["device"] = f"$torch.device('{device}')"
         logger.info(
             f"training {self.bundle_dir.name}: {len(datalist['training'])} training and "
             f"{len(datalist['validation'])} validation images -> {self.ckpt_dir / 'model.pt'}"

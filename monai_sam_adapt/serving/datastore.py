@@ -15,6 +15,7 @@ from monailabel.interfaces.datastore import DefaultLabelTag
 
 from ..dicom_seg import write_dicom_seg
 from .errors import RequestError
+from .guard import check_name, confined, upload_root
 from .inputs import image_shape, read_input
 
 __all__ = ["CheckedDatastoreMixin", "CheckedLocalDatastore", "SegDICOMWebDatastore", "label_names_of"]
@@ -37,15 +38,60 @@ def label_names_of(values: list[int], info: dict[str, Any], known: dict[str, int
 
 
 class CheckedDatastoreMixin:
-    """Refuse, with a 4xx naming the file, an image that cannot be read or a label not on its image's grid."""
+    """Refuse, with a 4xx naming the parameter or file: an id or tag that is not a plain name or whose file would
+    resolve outside the datastore's folder (symbolic links included), an image that cannot be read, a label not on
+    its image's grid. Nothing is written, read or deleted outside the datastore's folder."""
+
+    def _inside(self, path: str, param: str) -> str:
+        """``path`` (a file this datastore built from a request's id) if it lies inside the datastore's folder, or
+        is a file the server converted for this request (a DICOM series as NIfTI, in the request's upload folder)."""
+        if path and not os.path.realpath(path).startswith(os.path.realpath(upload_root()) + os.sep):
+            root = self._datastore_path  # type: ignore[attr-defined]
+            confined(root, os.path.relpath(os.path.realpath(path), os.path.realpath(root)), param=param)
+        return path
 
     def add_image(self, image_id: str, image_filename: str, image_info: dict[str, Any]) -> str:
-        read_input(image_filename, f"image upload {image_id or Path(image_filename).name!r}")
-        return super().add_image(image_id, image_filename, image_info)  # type: ignore[misc]
+        name = image_id or self._to_id(os.path.basename(image_filename))[0]  # type: ignore[attr-defined]
+        check_name(name, "image" if image_id else "file")
+        read_input(image_filename, f"image upload {name!r}")
+        ext = self._to_id(os.path.basename(image_filename))[1]  # type: ignore[attr-defined]
+        confined(self._datastore.image_path(), name + ext, param="image")  # type: ignore[attr-defined]
+        return super().add_image(name, image_filename, image_info)  # type: ignore[misc]
+
+    def remove_image(self, image_id: str) -> None:
+        self.get_image_uri(image_id)  # checked
+        return super().remove_image(image_id)  # type: ignore[misc]
+
+    def get_image_uri(self, image_id: str) -> str:
+        check_name(image_id, "image")
+        return self._inside(super().get_image_uri(image_id), "image")  # type: ignore[misc]
+
+    def get_image_info(self, image_id: str) -> dict[str, Any]:
+        return super().get_image_info(check_name(image_id, "image"))  # type: ignore[misc]
+
+    def update_image_info(self, image_id: str, info: dict[str, Any]) -> None:
+        return super().update_image_info(check_name(image_id, "image"), info)  # type: ignore[misc]
+
+    def get_label_uri(self, label_id: str, label_tag: str, *args: Any) -> str:
+        check_name(label_id, "label"), check_name(label_tag, "tag")
+        return self._inside(super().get_label_uri(label_id, label_tag, *args), "label")  # type: ignore[misc]
+
+    def get_label_info(self, label_id: str, label_tag: str) -> dict[str, Any]:
+        check_name(label_id, "label"), check_name(label_tag, "tag")
+        return super().get_label_info(label_id, label_tag)  # type: ignore[misc]
+
+    def update_label_info(self, label_id: str, label_tag: str, info: dict[str, Any]) -> None:
+        check_name(label_id, "label"), check_name(label_tag, "tag")
+        return super().update_label_info(label_id, label_tag, info)  # type: ignore[misc]
+
+    def remove_label(self, label_id: str, label_tag: str) -> None:
+        self.get_label_uri(label_id, label_tag)  # checked
+        return super().remove_label(label_id, label_tag)  # type: ignore[misc]
 
     def check_label(self, image_id: str, label_filename: str):
         """The label as loaded, after checking it is readable, single-channel and on the image's grid."""
-        image_uri = self.get_image_uri(image_id)  # type: ignore[attr-defined]
+        check_name(image_id, "image")
+        image_uri = self.get_image_uri(image_id)
         if not image_uri:
             raise RequestError(f"image {image_id!r} is not in the datastore: save its label after adding it.", 404)
         label = read_input(label_filename, f"label for image {image_id!r}")
@@ -58,7 +104,16 @@ class CheckedDatastoreMixin:
             )
         return label
 
+    def check_label_target(self, image_id: str, label_filename: str, label_tag: str) -> None:
+        """Where the label would be written must be inside the datastore's labels folder."""
+        check_name(image_id, "image"), check_name(label_tag, "tag")
+        ext = self._to_id(os.path.basename(label_filename))[1]  # type: ignore[attr-defined]
+        labels = self._datastore.label_path(None)  # type: ignore[attr-defined]
+        confined(labels, label_tag, param="tag")
+        confined(labels, label_tag, image_id + ext, param="image")
+
     def save_label(self, image_id: str, label_filename: str, label_tag: str, label_info: dict[str, Any]) -> str:
+        self.check_label_target(image_id, label_filename, label_tag)
         if not label_filename.endswith(".bin"):  # OHIF's raw buffers are converted by MONAI Label itself
             self.check_label(image_id, label_filename)
         return super().save_label(image_id, label_filename, label_tag, label_info)  # type: ignore[misc]
@@ -95,10 +150,11 @@ class SegDICOMWebDatastore(CheckedDatastoreMixin, DICOMWebDatastore):
     ) -> str:
         if label_tag != DefaultLabelTag.FINAL or label_filename.endswith(".bin"):
             return super().save_label(image_id, label_filename, label_tag, label_info)
+        self.check_label_target(image_id, label_filename, label_tag)
         label = self.check_label(image_id, label_filename)
         values = sorted(int(v) for v in set(label.unique().tolist()) - {0})
         names = label_names_of(values, label_info, self.labels)
-        series_dir = os.path.realpath(os.path.join(self._datastore.image_path(), image_id))
+        series_dir = str(confined(self._datastore.image_path(), image_id, param="image"))
         with tempfile.TemporaryDirectory() as tmp:
             seg = write_dicom_seg(
                 label,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -50,8 +51,15 @@ def image_shape(path: str | os.PathLike, what: str) -> tuple[int, ...]:
     return tuple(read_input(path, what).shape)
 
 
+_DEVICE = re.compile(r"^(cpu|cuda(:[0-9]{1,2})?)$")
+
+
 def device_for(requested: Any) -> torch.device:
+    """The torch device a request asks for (``cpu``, ``cuda``, ``cuda:N``; a 400 otherwise); CUDA without a GPU
+    falls back to the CPU. The name is checked before it goes anywhere near a bundle config expression."""
     name = str(requested or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if not _DEVICE.match(name):
+        raise RequestError(f"parameter 'device': {name[:40]!r} is not a device (cpu, cuda or cuda:N).", 400)
     if name.startswith("cuda") and not torch.cuda.is_available():
         return torch.device("cpu")
     return torch.device(name)

@@ -102,6 +102,7 @@ class InteractiveSAMTask(InferTask):
         device: ``"cuda"``, ``"cpu"`` or ``None`` (CUDA when available).
         runtime: how the image encoder runs (:data:`monai_sam_adapt.runtime.RUNTIMES`). Default ``"torch"``.
         cache_size: slice embeddings kept. Default 32.
+        cache_bytes: memory the kept embeddings may take, least recently used out first. Default 512 MiB.
         backbone_kwargs: architecture overrides (tiny test models).
     """
 
@@ -114,6 +115,7 @@ class InteractiveSAMTask(InferTask):
         click_margin: float = 0.1,
         runtime: str = "torch",
         cache_size: int = 32,
+        cache_bytes: int = 512 * 2**20,
         **backbone_kwargs: Any,
     ) -> None:
         super().__init__(
@@ -130,6 +132,7 @@ class InteractiveSAMTask(InferTask):
         self._device = device
         self.runtime = check_runtime(runtime)
         self.cache_size = int(cache_size)
+        self.cache_bytes = int(cache_bytes)
         self._sam: FrozenSAM | None = None
         self._embeddings: EmbeddingCache | None = None
         self._lock = threading.Lock()
@@ -143,7 +146,9 @@ class InteractiveSAMTask(InferTask):
                 b = self._backbone
                 self._sam = b if isinstance(b, FrozenSAM) else FrozenSAM(b, self._checkpoint, **self._kwargs)
                 use_runtime(self._sam, self.runtime)
-                self._embeddings = EmbeddingCache(max_entries=self.cache_size, fingerprint=self._sam.fingerprint)
+                self._embeddings = EmbeddingCache(
+                    max_entries=self.cache_size, max_bytes=self.cache_bytes, fingerprint=self._sam.fingerprint
+                )
             return self._sam.to(device)
 
     def __call__(self, request: dict[str, Any]) -> tuple[str, dict[str, Any]]:
@@ -163,8 +168,16 @@ class InteractiveSAMTask(InferTask):
         fg = _points(request, "foreground", ndim, spatial)
         bg = _points(request, "background", ndim, spatial)
         box = request.get("box")
-        if box is not None and len(box) != 2 + ndim:
-            raise RequestError(f"box {box} must be [x0, y0, x1, y1{', z' if ndim == 3 else ''}].")
+        if box is not None:
+            want = f"[x0, y0, x1, y1{', z' if ndim == 3 else ''}]"
+            try:
+                box = [float(v) for v in box]
+            except (TypeError, ValueError):
+                raise RequestError(f"box {request.get('box')!r} must be {want} numbers.") from None
+            if len(box) != 2 + ndim:
+                raise RequestError(f"box {box} must be {want}.")
+            if ndim == 3 and not 0 <= int(box[4]) < spatial[2]:
+                raise RequestError(f"box {box}: slice {int(box[4])} is outside the image ({spatial[2]} slices).")
         if not fg and box is None:
             raise RequestError("interactive SAM needs at least one foreground click or a box.")
         window = request.get("ct_window") or ""

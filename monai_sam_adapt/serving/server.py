@@ -1,7 +1,7 @@
 """The ASGI app to run MONAI Label with:
 ``monailabel start_server ... --uvicorn_app monai_sam_adapt.serving.server:app``.
 
-It is MONAI Label's own FastAPI app (``monailabel.app:app``) with three changes, each for a measured obstacle of
+It is MONAI Label's own FastAPI app (``monailabel.app:app``) with four changes, each for a measured obstacle of
 MONAI Label 0.8.5 under monai 1.6 / pydicom 3:
 
 1. it starts: importing ``monai_sam_adapt.serving`` installs :func:`~.compat.install_pydicom_bridge` before
@@ -9,22 +9,35 @@ MONAI Label 0.8.5 under monai 1.6 / pydicom 3:
 2. a request the server cannot serve as sent (unknown model or image, unreadable upload, label of the wrong shape)
    is answered with a 4xx and its message, not an empty 500, and the server keeps serving;
 3. the bundled OHIF viewer's files in sub-folders are served (MONAI Label builds their paths with ``os.pathsep``, so
-   every ``/ohif/<folder>/<file>`` request got ``index.html``).
+   every ``/ohif/<folder>/<file>`` request got ``index.html``);
+4. every request passes :class:`~.guard.RequestGuard` first: remote clients only with authentication or a declared
+   trusted network, identifiers that are plain names, bodies within ``--conf max_upload_mb`` (413 otherwise), and
+   upload copies in a folder of the request's own, removed when it ends (MONAI Label left them in the system's
+   temporary folder whenever a request failed).
 """
 
 from __future__ import annotations
 
+import logging
 import mimetypes
 from pathlib import Path
 
 import monailabel.endpoints  # the package's __init__ installed the pydicom bridge
+import monailabel.endpoints.datastore
+import monailabel.endpoints.infer
+import monailabel.endpoints.model
+import monailabel.endpoints.session
 from fastapi import Request
 from fastapi.responses import FileResponse, JSONResponse
 from monailabel.app import app
 from monailabel.config import settings
+from monailabel.datastore.utils import convert
 from monailabel.interfaces.exception import MONAILabelException
 
 from .errors import http_status
+from .guard import DEFAULT_MAX_UPLOAD_MB, RequestGuard, access_mode
+
+logger = logging.getLogger(__name__)
 
 __all__ = ["app", "ohif_file"]
 
@@ -60,3 +73,31 @@ def _replace_ohif_route() -> None:
 
 
 _replace_ohif_route()
+
+
+def _install_guard() -> None:
+    conf = settings.MONAI_LABEL_APP_CONF or {}
+    limit = float(conf.get("max_upload_mb", DEFAULT_MAX_UPLOAD_MB))
+    RequestGuard.install(
+        [
+            monailabel.endpoints.datastore,
+            monailabel.endpoints.infer,
+            monailabel.endpoints.model,
+            monailabel.endpoints.session,
+            convert,  # OHIF's .bin labels and DICOM series converted for a request
+        ]
+    )
+    app.add_middleware(RequestGuard, max_upload_mb=limit)
+    mode = access_mode()
+    logger.info(
+        {
+            "authentication": "access: MONAI Label authentication (MONAI_LABEL_AUTH_ENABLE), realm "
+            f"{settings.MONAI_LABEL_AUTH_REALM_URI}",
+            "trusted": "access: TRUSTED NETWORK, no authentication: any client that reaches this server may use it",
+            "loopback": "access: clients on this machine only (loopback); remote clients are refused",
+        }[mode]
+        + f"; uploads up to {limit:g} MiB"
+    )
+
+
+_install_guard()

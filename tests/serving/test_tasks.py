@@ -121,6 +121,10 @@ def test_interactive_requests_that_cannot_work_say_why(tmp_path):
         task({"image": vol, "foreground": [[3, 3, 1]], "background": [[4, 4, 2]]})
     with pytest.raises(RequestError, match="at least one foreground"):
         task({"image": vol})
+    with pytest.raises(RequestError, match="slice 9 is outside the image"):  # the volume has 5 slices
+        task({"image": vol, "box": [2, 2, 20, 20, 9]})
+    with pytest.raises(RequestError, match="numbers"):
+        task({"image": vol, "box": [2, 2, "x", 20, 1]})
     nib.save(nib.Nifti1Image(np.zeros((4, 4, 4), np.uint8), np.eye(4)), tmp_path / "small.nii.gz")
     with pytest.raises(RequestError, match="image's grid"):
         task({"image": vol, "label": str(tmp_path / "small.nii.gz"), "foreground": [[3, 3, 1]]})
