@@ -9,6 +9,7 @@ complete. :class:`CheckedCheckpointLoader` checks ``model_path`` and ``--resume_
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -26,19 +27,24 @@ Events, _ = optional_import("ignite.engine", "0.4.11", min_version, "Events")
 
 __all__ = ["AtomicCheckpointSaver", "CheckedCheckpointLoader", "EpochSeed"]
 
+logger = logging.getLogger(__name__)
+
 
 class _AtomicDiskSaver(DiskSaver):
     """Ignite's ``DiskSaver`` with ``atomic=True`` and, like MONAI's, an optional fixed file name. Ignite removes the
     checkpoint to drop *before* it writes the new one; here the removal waits until the new file is complete."""
 
-    def __init__(self, dirname: str, filename: str | None = None) -> None:
+    def __init__(self, dirname: str, filename: str | None = None, report: str | None = None) -> None:
         super().__init__(dirname=dirname, require_empty=False, atomic=True)
         self.filename = filename
+        self.report = report
         self._to_remove: list[str] = []
 
     def __call__(self, checkpoint: Mapping, filename: str, metadata: Mapping | None = None) -> None:
         name = self.filename or filename
         super().__call__(checkpoint=checkpoint, filename=name, metadata=metadata)
+        if self.report:  # where the model went, so that nobody has to guess
+            logger.info(f"{self.report}: {Path(self.dirname).resolve() / name}")
         for old in self._to_remove:  # only now that the new one is complete
             if old != name:
                 super().remove(filename=old)
@@ -55,14 +61,14 @@ class AtomicCheckpointSaver(CheckpointSaver):
     def __init__(self, save_dir: str, save_dict: dict, **kwargs: Any) -> None:
         super().__init__(save_dir, save_dict, **kwargs)
         fixed = {
-            "_final_checkpoint": kwargs.get("final_filename"),
-            "_key_metric_checkpoint": kwargs.get("key_metric_filename"),
-            "_interval_checkpoint": None,
+            "_final_checkpoint": (kwargs.get("final_filename"), "final model written to"),
+            "_key_metric_checkpoint": (kwargs.get("key_metric_filename"), "best model so far (key metric) written to"),
+            "_interval_checkpoint": (None, None),
         }
-        for attr, filename in fixed.items():
+        for attr, (filename, report) in fixed.items():
             checkpoint = getattr(self, attr, None)
             if checkpoint is not None:
-                checkpoint.save_handler = _AtomicDiskSaver(str(save_dir), filename)
+                checkpoint.save_handler = _AtomicDiskSaver(str(save_dir), filename, report)
 
     def attach(self, engine) -> None:
         super().attach(engine)

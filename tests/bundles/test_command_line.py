@@ -106,3 +106,43 @@ def test_sigkill_and_sigterm_during_a_write_leave_no_partial_file(tmp_path, poly
     log = proc.communicate(timeout=60)[0]
     assert proc.returncode == 128 + signal.SIGTERM, log[-3000:]
     assert files() == [], files()  # neither run left a partial file, and no output was half-written
+
+
+def test_training_with_defaults_never_replaces_the_shipped_model(tmp_path, polyp_folder):
+    """The README's `python -m monai.bundle run training --config_file bundles/<b>/configs/train.json`: the best model
+    goes under the run's output folder, the log says where, and the committed models/model.pt stays byte-identical."""
+    import hashlib
+    import re
+
+    from monai_sam_adapt.data import kvasir_datalist, write_datalist
+
+    shipped = REPO / "bundles" / "unet_kvasir" / "models" / "model.pt"
+    before = hashlib.sha256(shipped.read_bytes()).hexdigest()
+    args = dict(
+        TINY,
+        dataset_dir=str(polyp_folder),
+        datalist=str(write_datalist(kvasir_datalist(polyp_folder), tmp_path / "dl.json")),
+        num_workers=0,
+        max_epochs=1,
+        output_dir=str(tmp_path / "run"),
+    )
+    cmd = bundle_command("unet_kvasir", "train.json", args, tmp_path)
+    cmd.insert(cmd.index("run") + 1, "training")
+    done = _run(cmd)
+    assert done.returncode == 0, done.stderr[-3000:]
+    trained = tmp_path / "run" / "models" / "model.pt"
+    assert trained.is_file()
+    assert re.search(rf"best model .* written to: {re.escape(str(trained.resolve()))}", done.stdout + done.stderr)
+    assert hashlib.sha256(shipped.read_bytes()).hexdigest() == before
+
+
+def test_every_bundle_trains_into_its_output_folder_unless_told_otherwise(tmp_path):
+    from monai_sam_adapt.bundle import config_parser
+
+    for train in sorted((REPO / "bundles").glob("*/configs/train.json")):
+        bundle = train.parents[1]
+        parser = config_parser(bundle, "train.json")
+        parser["output_dir"] = str(tmp_path / "out")
+        assert parser.get_parsed_content("ckpt_dir") == str(tmp_path / "out" / "models"), bundle.name
+        parser = config_parser(bundle, "train.json")
+        assert parser.get_parsed_content("ckpt_dir").startswith(parser.get_parsed_content("output_dir")), bundle.name
