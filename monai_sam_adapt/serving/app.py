@@ -25,7 +25,7 @@ from .bundle_task import BundleSegmentationTask
 from .bundle_training import BundleTrainingTask
 from .datastore import CheckedLocalDatastore, SegDICOMWebDatastore
 from .errors import RequestError
-from .guard import DEFAULT_INFER_TIMEOUT_S, InferenceTimeout, check_name, deadline, upload_root
+from .guard import DEFAULT_INFER_TIMEOUT_S, InferenceTimeout, check_name, upload_root
 from .inputs import device_for
 from .interactive import InteractiveSAMTask
 
@@ -149,6 +149,8 @@ class SAMAdaptApp(MONAILabelApp):
             runtime=self.runtime,
             cache_bytes=int(self.interactive_cache_mb * 2**20),
         )
+        for task in infers.values():
+            task.time_limit_s = self.infer_timeout_s
         return infers
 
     def init_trainers(self) -> dict[str, TrainTask]:
@@ -190,8 +192,7 @@ class SAMAdaptApp(MONAILabelApp):
         if request.get("device"):
             device_for(request["device"])
         try:
-            with deadline(self.infer_timeout_s):
-                return super().infer(request, datastore)
+            return super().infer(request, datastore)  # each task runs within its time_limit_s
         except Exception as error:  # noqa: BLE001 - only a timeout is answered here; the config parser wraps it
             e = find_error(error, (InferenceTimeout,))
             if e is None:

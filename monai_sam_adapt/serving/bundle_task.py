@@ -20,6 +20,7 @@ from monailabel.interfaces.tasks.infer_v2 import InferTask, InferType
 from ..bundle import bundle_labels, read_config
 from ..sam.checkpoint import read_checkpoint
 from .errors import RequestError
+from .guard import TimeLimitedTask
 from .inputs import device_for, image_shape, input_error, single_output
 
 __all__ = ["BundleSegmentationTask"]
@@ -27,7 +28,7 @@ __all__ = ["BundleSegmentationTask"]
 logger = logging.getLogger(__name__)
 
 
-class BundleSegmentationTask(InferTask):
+class BundleSegmentationTask(TimeLimitedTask, InferTask):
     """A bundle under ``bundles/`` as a MONAI Label automatic segmentation model.
 
     Runs the bundle's own ``configs/inference.json`` (pre-processing, network, inferer, inverse transforms and writer)
@@ -114,7 +115,7 @@ class BundleSegmentationTask(InferTask):
                 logger.info(f"{self.bundle_dir.name}: weights {path}")
             return self._network
 
-    def __call__(self, request: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    def segment(self, request: dict[str, Any]) -> tuple[str, dict[str, Any]]:
         image = request.get("image")
         if not isinstance(image, str) or not image or not os.path.exists(image):
             raise RequestError(f"model {self.bundle_dir.name!r}: no image file {image!r} to segment.", 404)

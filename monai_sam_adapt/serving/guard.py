@@ -49,6 +49,7 @@ __all__ = [
     "TRUSTED_NETWORK_ENV",
     "InferenceTimeout",
     "RequestGuard",
+    "TimeLimitedTask",
     "access_mode",
     "check_name",
     "confined",
@@ -241,9 +242,7 @@ def _check_deadline(module: torch.nn.Module, args: Any) -> None:
 def deadline(seconds: float | None) -> Iterator[None]:
     """Within this block, on this thread, every ``torch.nn.Module`` call after ``seconds`` raises
     :class:`InferenceTimeout`: the computation stops at its next layer and unwinds, freeing its tensors.
-    ``None`` or ``<= 0``: no limit. (MONAI Label runs inference on the request's thread by default; with
-    ``MONAI_LABEL_INFER_CONCURRENCY >= 0`` it uses threads of its own, where its ``MONAI_LABEL_INFER_TIMEOUT``
-    answers the request but cannot stop the computation.)"""
+    ``None`` or ``<= 0``: no limit. :class:`TimeLimitedTask` applies it on the thread that runs the inference."""
     global _hook_handle
     if not seconds or seconds <= 0:
         yield
@@ -257,6 +256,21 @@ def deadline(seconds: float | None) -> Iterator[None]:
         yield
     finally:
         _deadline.at = previous
+
+
+class TimeLimitedTask:
+    """An inference task whose :meth:`segment` runs within :func:`deadline` of ``time_limit_s`` seconds (set by the
+    app; ``None``: no limit), on whichever thread MONAI Label calls it (the request's own by default, its thread
+    pool with ``MONAI_LABEL_INFER_CONCURRENCY >= 0``)."""
+
+    time_limit_s: float | None = None
+
+    def __call__(self, request: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+        with deadline(self.time_limit_s):
+            return self.segment(request)
+
+    def segment(self, request: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+        raise NotImplementedError
 
 
 # ---------------------------------------------------------------------------------------------------------------

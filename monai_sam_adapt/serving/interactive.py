@@ -25,6 +25,7 @@ from ..sam.backbones import DEFAULT_BACKBONE, FrozenSAM
 from ..sam.cache import EmbeddingCache
 from ..transforms import CTWindow, SAMPreprocess
 from .errors import RequestError
+from .guard import TimeLimitedTask
 from .inputs import device_for, read_input, single_output
 
 __all__ = ["CLICK_SCALES", "InteractiveSAMTask", "click_box"]
@@ -69,7 +70,7 @@ def click_box(
     return [max(lo[0], 0.0), max(lo[1], 0.0), min(hi[0], shape[0] - 1.0), min(hi[1], shape[1] - 1.0)]
 
 
-class InteractiveSAMTask(InferTask):
+class InteractiveSAMTask(TimeLimitedTask, InferTask):
     """Interactive segmentation on the frozen backbone: clicks and/or a box become SAM prompts.
 
     Request parameters (MONAI Label's DeepGrow convention, as OHIF sends them):
@@ -151,7 +152,7 @@ class InteractiveSAMTask(InferTask):
                 )
             return self._sam.to(device)
 
-    def __call__(self, request: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    def segment(self, request: dict[str, Any]) -> tuple[str, dict[str, Any]]:
         image = read_input(request.get("image"), "image")
         spatial = tuple(image.shape[1:])
         ndim = len(spatial)

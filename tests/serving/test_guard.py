@@ -244,6 +244,26 @@ def test_inference_past_its_deadline_stops_at_its_next_layer():
         assert net(x).shape == (4, 256)
 
 
+def test_a_task_keeps_its_time_limit_on_the_thread_that_runs_it():
+    """MONAI Label runs inference on the request's thread, or on its own pool (MONAI_LABEL_INFER_CONCURRENCY)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from monai_sam_adapt.serving.guard import TimeLimitedTask
+
+    class Slow(TimeLimitedTask):
+        net = _Slow().eval()
+
+        def segment(self, request):
+            with torch.no_grad():
+                return "", {"shape": list(self.net(torch.randn(2, 256)).shape)}
+
+    task = Slow()
+    assert task({})[1]["shape"] == [2, 256]  # no limit set
+    task.time_limit_s = 0.1
+    with ThreadPoolExecutor(1) as pool, pytest.raises(InferenceTimeout):
+        pool.submit(task, {}).result()
+
+
 def test_interactive_cache_stays_within_its_byte_bound_over_many_images(tmp_path):
     from monai_sam_adapt.serving.interactive import InteractiveSAMTask
 
