@@ -98,7 +98,7 @@ def check_name(value: Any, param: str) -> str:
     if not isinstance(value, str) or not value:
         raise RequestError(f"parameter {param!r}: {value!r} is not a name (expected a non-empty string).", 400)
     why = None
-    if value in (".", "..") or value.startswith("."):
+    if value.startswith("."):  # ".", ".." and hidden names
         why = "it starts with a dot"
     elif "/" in value or "\\" in value:
         why = "it contains a path separator"
@@ -122,7 +122,7 @@ def confined(root: str | os.PathLike, *parts: str, param: str) -> Path:
     if target != base and not target.is_relative_to(base):
         raise RequestError(
             f"parameter {param!r}: {os.path.join(*parts)!r} resolves outside the folder it belongs in "
-            f"({'a symbolic link points out of it' if '..' not in parts else 'it climbs out of it'}).",
+            "('..' or a symbolic link points out of it).",
             400,
         )
     return target
