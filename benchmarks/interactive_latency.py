@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import tempfile
 import threading
 import time
@@ -42,7 +41,7 @@ def peak_rss(pid: int, stop: threading.Event, out: list[int]) -> None:
 def run_once(args, runtime: str, files, expert, series_dir) -> dict:
     from monailabel.client import MONAILabelClient
 
-    from tests.serving.stack import served_series
+    from monai_sam_adapt.serving.demo import served_series
 
     k = int(np.argmax(expert.reshape(len(expert), -1).sum(1)))  # the slice with the most liver
     rows, cols = np.nonzero(expert[k])
@@ -97,7 +96,6 @@ def main() -> None:
     p.add_argument("--runtime", nargs="+", default=["torch", "openvino"])
     p.add_argument("--out", default="benchmarks/results")
     args = p.parse_args()
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the scaffolding lives in tests/serving/stack.py
     import torch
 
     from monai_sam_adapt.dicom_seg import label_frames, read_dicom_series

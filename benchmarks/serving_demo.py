@@ -34,15 +34,12 @@ def main() -> None:
     p.add_argument("--name", default="liver", help="segment name")
     args = p.parse_args()
 
-    import sys
-
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the scaffolding lives in tests/serving/stack.py
     import pydicom
     from monailabel.client import MONAILabelClient
 
     from monai_sam_adapt.dicom_seg import label_frames, read_dicom_series
+    from monai_sam_adapt.serving.demo import screenshot_study, served_series
     from monai_sam_adapt.transforms import LoadMedicalImaged
-    from tests.serving.stack import screenshot_study, served_series
 
     out = Path(args.out)
     files = sorted(f for f in Path(args.series).iterdir() if f.is_file())

@@ -13,9 +13,10 @@ job each:
   DICOM SEG; :mod:`.errors`: the 4xx error; :mod:`.guard`: what a request may name, send and cost (identifiers
   confined, uploads bounded and removed, remote clients only with authentication, inference time limit).
 - :mod:`.orthanc`: start Orthanc with DICOMweb on loopback, remote access refused.
+- :mod:`.demo`: a throw-away stack for demos, benchmarks and tests (a server on a free loopback port, DICOM upload,
+  OHIF screenshots).
 
-Not here: the bundle contract (:mod:`monai_sam_adapt.bundle`), test and demo scaffolding (``tests/serving/stack.py``:
-a throw-away server on a free port, DICOM upload, OHIF screenshots).
+Not here: the bundle contract (:mod:`monai_sam_adapt.bundle`).
 """
 
 from .compat import install_pydicom_bridge

@@ -26,8 +26,8 @@ import nibabel as nib
 import numpy as np
 import pytest
 
+from monai_sam_adapt.serving.demo import start_label_server
 from tests.serving.helpers import oblique_volume
-from tests.serving.stack import start_label_server
 
 pytestmark = [pytest.mark.slow]
 

@@ -19,11 +19,11 @@ import pytest
 from pydicom.data import get_testdata_file
 
 from monai_sam_adapt.dicom_seg import label_frames, read_dicom_series
+from monai_sam_adapt.serving.demo import start_label_server, upload_instances
 from monai_sam_adapt.transforms import LoadMedicalImaged
 from tests.bundles.test_ssam_lits import synthetic_lits
 from tests.conftest import data_path
 from tests.serving.helpers import oblique_volume
-from tests.serving.stack import start_label_server, upload_instances
 
 pytestmark = [pytest.mark.slow]
 
@@ -176,7 +176,7 @@ def test_ohif_shows_the_study_with_our_segmentation(dicom_server, orthanc, tmp_p
     pytest.importorskip("playwright", reason="playwright is not installed (pip install -e .[test])")
     if not Path("/usr/bin/chromium").exists():
         pytest.skip("Chromium is not installed: apt-get install chromium (.ci/run installs it)")
-    from tests.serving.stack import screenshot_study
+    from monai_sam_adapt.serving.demo import screenshot_study
 
     client, url, series, *_ = dicom_server
     uid, src = series.get("liver", series["ct_small"])

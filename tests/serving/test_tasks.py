@@ -231,8 +231,8 @@ def test_documented_server_command_uses_this_interpreter_and_our_app(capsys):
     import sys
 
     from monai_sam_adapt.serving.__main__ import main
+    from monai_sam_adapt.serving.demo import label_server_command
     from monai_sam_adapt.serving.launch import APP_DIR
-    from tests.serving.stack import label_server_command
 
     assert main(["--studies", "/data/images", "--conf", "models", "ssam_glas", "--dry_run", "--workers", "1"]) == 0
     cmd = capsys.readouterr().out.split()

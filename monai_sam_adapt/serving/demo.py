@@ -1,6 +1,6 @@
-"""Test and demo scaffolding for serving (not part of the installed package): MONAI Label on a free loopback port
-with a scratch copy of our app, DICOM upload to Orthanc, and OHIF in headless Chromium (needs ``playwright``, which
-only drives the Debian ``chromium`` binary; no browser is downloaded)."""
+"""A throw-away serving stack for demos, benchmarks and tests: MONAI Label on a free loopback port with a scratch copy
+of our app, DICOM upload to Orthanc, and OHIF in headless Chromium (needs ``playwright``, which only drives the Debian
+``chromium`` binary; no browser is downloaded)."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ import urllib.request
 from contextlib import contextmanager
 from pathlib import Path
 
-from monai_sam_adapt.serving.launch import APP_DIR
-from monai_sam_adapt.serving.orthanc import free_port, start_orthanc, wait_http
+from .launch import APP_DIR
+from .orthanc import free_port, start_orthanc, wait_http
 
 __all__ = [
     "CHROMIUM_ARGS",
