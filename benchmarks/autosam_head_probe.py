@@ -2,7 +2,7 @@
 
     python benchmarks/autosam_head_probe.py --dataset_dir ../shared/data/kvasir_seg \
         --datalist bundles/common/datalists/kvasir_seg.json \
-        --cache_dir /tmp/runs/autosam_kvasir/embedding_cache --head base --epochs 3
+        --cache_dir <the training run's output_dir>/embedding_cache --head base --epochs 3
 
 Reads the embeddings that `autosam_kvasir/configs/train.json` cached (computing missing ones), then trains g and the
 surrogate decoder h together on the h path only (no SAM decoder, so an epoch takes minutes on CPU) and prints

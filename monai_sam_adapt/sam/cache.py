@@ -47,7 +47,7 @@ class EmbeddingCache:
 
     Example::
 
-        cache = EmbeddingCache("/tmp/emb", fingerprint=sam.fingerprint)
+        cache = EmbeddingCache("embedding_cache", fingerprint=sam.fingerprint)
         emb = cache(images, sam.encode)     # (B, C, h, w); only the misses go through the encoder
     """
 
