@@ -25,7 +25,7 @@ from .bundle_task import BundleSegmentationTask
 from .bundle_training import BundleTrainingTask
 from .datastore import CheckedLocalDatastore, SegDICOMWebDatastore
 from .errors import RequestError
-from .guard import DEFAULT_INFER_TIMEOUT_S, InferenceTimeout, check_name, upload_root
+from .guard import DEFAULT_INFER_TIMEOUT_S, InferenceTimeout, check_name, inside, upload_root
 from .inputs import device_for
 from .interactive import InteractiveSAMTask
 
@@ -211,6 +211,4 @@ def _uploaded(value: Any, roots: list[str]) -> str | None:
     else ``None``."""
     if not isinstance(value, str) or not (os.path.isabs(value) or os.sep in value) or "\x00" in value:
         return None
-    real = os.path.realpath(value)
-    inside = any(real.startswith(os.path.realpath(root) + os.sep) for root in roots)
-    return value if inside and os.path.exists(real) else None
+    return value if inside(value, *roots) and os.path.exists(value) else None

@@ -15,7 +15,7 @@ from monailabel.interfaces.datastore import DefaultLabelTag
 
 from ..dicom_seg import write_dicom_seg
 from .errors import RequestError
-from .guard import check_name, confined, upload_root
+from .guard import check_name, confined, inside, upload_root
 from .inputs import image_shape, read_input
 
 __all__ = ["CheckedDatastoreMixin", "CheckedLocalDatastore", "SegDICOMWebDatastore", "label_names_of"]
@@ -45,9 +45,8 @@ class CheckedDatastoreMixin:
     def _inside(self, path: str, param: str) -> str:
         """``path`` (a file this datastore built from a request's id) if it lies inside the datastore's folder, or
         is a file the server converted for this request (a DICOM series as NIfTI, in the request's upload folder)."""
-        if path and not os.path.realpath(path).startswith(os.path.realpath(upload_root()) + os.sep):
-            root = self._datastore_path  # type: ignore[attr-defined]
-            confined(root, os.path.relpath(os.path.realpath(path), os.path.realpath(root)), param=param)
+        if path and not inside(path, upload_root()):
+            confined(self._datastore_path, path, param=param)  # type: ignore[attr-defined]
         return path
 
     def add_image(self, image_id: str, image_filename: str, image_info: dict[str, Any]) -> str:
@@ -73,15 +72,18 @@ class CheckedDatastoreMixin:
         return super().update_image_info(check_name(image_id, "image"), info)  # type: ignore[misc]
 
     def get_label_uri(self, label_id: str, label_tag: str, *args: Any) -> str:
-        check_name(label_id, "label"), check_name(label_tag, "tag")
+        check_name(label_id, "label")
+        check_name(label_tag, "tag")
         return self._inside(super().get_label_uri(label_id, label_tag, *args), "label")  # type: ignore[misc]
 
     def get_label_info(self, label_id: str, label_tag: str) -> dict[str, Any]:
-        check_name(label_id, "label"), check_name(label_tag, "tag")
+        check_name(label_id, "label")
+        check_name(label_tag, "tag")
         return super().get_label_info(label_id, label_tag)  # type: ignore[misc]
 
     def update_label_info(self, label_id: str, label_tag: str, info: dict[str, Any]) -> None:
-        check_name(label_id, "label"), check_name(label_tag, "tag")
+        check_name(label_id, "label")
+        check_name(label_tag, "tag")
         return super().update_label_info(label_id, label_tag, info)  # type: ignore[misc]
 
     def remove_label(self, label_id: str, label_tag: str) -> None:
@@ -90,8 +92,7 @@ class CheckedDatastoreMixin:
 
     def check_label(self, image_id: str, label_filename: str):
         """The label as loaded, after checking it is readable, single-channel and on the image's grid."""
-        check_name(image_id, "image")
-        image_uri = self.get_image_uri(image_id)
+        image_uri = self.get_image_uri(image_id)  # checked
         if not image_uri:
             raise RequestError(f"image {image_id!r} is not in the datastore: save its label after adding it.", 404)
         label = read_input(label_filename, f"label for image {image_id!r}")
@@ -106,7 +107,8 @@ class CheckedDatastoreMixin:
 
     def check_label_target(self, image_id: str, label_filename: str, label_tag: str) -> None:
         """Where the label would be written must be inside the datastore's labels folder."""
-        check_name(image_id, "image"), check_name(label_tag, "tag")
+        check_name(image_id, "image")
+        check_name(label_tag, "tag")
         ext = self._to_id(os.path.basename(label_filename))[1]  # type: ignore[attr-defined]
         labels = self._datastore.label_path(None)  # type: ignore[attr-defined]
         confined(labels, label_tag, param="tag")

@@ -24,7 +24,6 @@ import contextlib
 import contextvars
 import ipaddress
 import json
-import logging
 import os
 import re
 import shutil
@@ -54,12 +53,11 @@ __all__ = [
     "check_name",
     "confined",
     "deadline",
+    "inside",
     "is_loopback",
     "request_tempfile",
     "upload_root",
 ]
-
-logger = logging.getLogger(__name__)
 
 #: Environment variable that says every machine able to reach the server may use it without authentication
 #: (set by ``python -m monai_sam_adapt.serving --trusted_network``).
@@ -115,11 +113,17 @@ def check_name(value: Any, param: str) -> str:
     return value
 
 
+def inside(path: str | os.PathLike, *roots: str | os.PathLike) -> bool:
+    """Whether ``path``, symbolic links resolved, is one of ``roots`` or lies below one of them."""
+    real = Path(os.path.realpath(path))
+    return any(real.is_relative_to(os.path.realpath(root)) for root in roots)
+
+
 def confined(root: str | os.PathLike, *parts: str, param: str) -> Path:
-    """``root/parts...`` with symbolic links resolved; a 400 naming ``param`` when it resolves outside ``root``."""
-    base = Path(os.path.realpath(root))
-    target = Path(os.path.realpath(os.path.join(base, *parts)))
-    if target != base and not target.is_relative_to(base):
+    """``root/parts...`` (an absolute part replaces what precedes it) with symbolic links resolved; a 400 naming
+    ``param`` when it resolves outside ``root``."""
+    target = Path(os.path.realpath(os.path.join(root, *parts)))
+    if not inside(target, root):
         raise RequestError(
             f"parameter {param!r}: {os.path.join(*parts)!r} resolves outside the folder it belongs in "
             "('..' or a symbolic link points out of it).",
@@ -289,10 +293,6 @@ def _segments(path: str) -> Iterator[str]:
             yield from decoded.replace("\\", "/").split("/")
 
 
-class _TooLarge(Exception):
-    pass
-
-
 class RequestGuard:
     """ASGI middleware in front of MONAI Label's routes (added by :mod:`.server`).
 
@@ -304,8 +304,9 @@ class RequestGuard:
        so does a model, session, method or strategy name in the path (:data:`NAMED_ROUTES`) that is not a plain name;
     3. a query parameter of :data:`IDENTIFIER_PARAMS` that is not a plain name (:func:`check_name`) gets 400 naming
        it; ``uncompress`` on a session upload gets 400 (archive members could land anywhere);
-    4. a body above ``max_upload_mb`` gets 413: at once from its ``Content-Length``, or as soon as a streamed body
-       passes the limit, before more of it is read;
+    4. a body whose ``Content-Length`` is above ``max_upload_mb`` gets 413 naming the limit, before it is read (a
+       streamed body without one is cut at the same size by Starlette's ``RequestBodyLimitMiddleware``, which
+       :mod:`.server` puts inside this guard);
     5. MONAI Label's upload copies go to a folder of the request's own (:data:`request_tempfile`), removed when the
        request ends, whatever its answer.
 
@@ -371,15 +372,11 @@ class RequestGuard:
                 except ValueError:
                     return 400, "header Content-Length is not a number."
                 if size > self.max_bytes:
-                    return 413, self._too_large(size)
+                    return 413, (
+                        f"the upload ({size / 2**20:.1f} MiB) is larger than this server's limit of "
+                        f"{self.max_bytes / 2**20:g} MiB (--conf max_upload_mb)."
+                    )
         return None
-
-    def _too_large(self, size: int | None = None) -> str:
-        got = f" ({size / 2**20:.1f} MiB)" if size is not None else ""
-        return (
-            f"the upload{got} is larger than this server's limit of {self.max_bytes / 2**20:g} MiB "
-            "(--conf max_upload_mb)."
-        )
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] == "lifespan":  # at shutdown remove the upload folder (uvicorn ends on the signal itself)
@@ -398,43 +395,13 @@ class RequestGuard:
         if refused is not None:
             await self._answer(send, *refused)
             return
-        received = 0
-        too_large = False
-
-        async def counted_receive() -> dict[str, Any]:
-            nonlocal received, too_large
-            message = await receive()
-            if message.get("type") == "http.request":
-                received += len(message.get("body", b""))
-                if received > self.max_bytes:
-                    too_large = True
-                    raise _TooLarge  # FastAPI may turn this into its own 400: tracked_send answers 413 instead
-            return message
-
-        replaced = False
-
-        async def tracked_send(message: dict[str, Any]) -> None:
-            nonlocal replaced
-            if too_large:
-                if not replaced:
-                    replaced = True
-                    await self._answer(send, 413, self._too_large())
-                return
-            await send(message)
-
         folder = tempfile.mkdtemp(dir=upload_root())
         token = _request_dir.set(folder)
         try:
-            await self.app(scope, counted_receive, tracked_send)
-        except _TooLarge:
-            pass
+            await self.app(scope, receive, send)
         finally:
             _request_dir.reset(token)
             shutil.rmtree(folder, ignore_errors=True)
-        if too_large:
-            logger.warning(f"{scope.get('method')} {scope.get('path')}: {self._too_large()}")
-            if not replaced:
-                await self._answer(send, 413, self._too_large())
 
     @staticmethod
     async def _answer(send: Any, status: int, message: str) -> None:

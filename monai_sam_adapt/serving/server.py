@@ -33,6 +33,7 @@ from monailabel.app import app
 from monailabel.config import settings
 from monailabel.datastore.utils import convert
 from monailabel.interfaces.exception import MONAILabelException
+from starlette.middleware.body_limit import RequestBodyLimitMiddleware
 
 from .errors import http_status
 from .guard import DEFAULT_MAX_UPLOAD_MB, RequestGuard, access_mode
@@ -87,6 +88,8 @@ def _install_guard() -> None:
             convert,  # OHIF's .bin labels and DICOM series converted for a request
         ]
     )
+    # Starlette's body limit (inside the guard) cuts streamed bodies that carry no Content-Length
+    app.add_middleware(RequestBodyLimitMiddleware, max_body_size=int(limit * 2**20))
     app.add_middleware(RequestGuard, max_upload_mb=limit)
     mode = access_mode()
     logger.info(

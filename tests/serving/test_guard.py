@@ -147,7 +147,11 @@ def _guarded_app(tmp_path, max_upload_mb=1.0, mode="loopback", fail=False):
         return JSONResponse({"detail": exc.msg}, status_code=exc.status)
 
     app = Starlette(routes=[Route("/up/{name}", upload, methods=["PUT"])], exception_handlers={RequestError: on_error})
-    return RequestGuard(app, max_upload_mb=max_upload_mb, mode=mode), seen
+    from starlette.middleware.body_limit import RequestBodyLimitMiddleware
+
+    # as in the server: Starlette's body limit, at the same size, inside the guard
+    limited = RequestBodyLimitMiddleware(app, max_body_size=int(max_upload_mb * 2**20))
+    return RequestGuard(limited, max_upload_mb=max_upload_mb, mode=mode), seen
 
 
 def test_uploads_are_bounded_and_their_copies_removed_answered_or_refused(tmp_path):
