@@ -43,8 +43,8 @@ def workflow(a: argparse.Namespace, datalist: Path, out: Path, cache_dir: str | 
         output_dir=str(out),
         ckpt_dir=str(out / "models"),
         prompt_encoder="efficientnet",
-        augmentation="%bundles/common/configs/data_2d.json#dihedral_photometric_g",
-        train_prepare_batch="%bundles/common/configs/autosam.json#g_prepare_batch",
+        augmentation="%bundles/source/base/data_2d.json#dihedral_photometric_g",
+        train_prepare_batch="%bundles/source/base/autosam.json#g_prepare_batch",
         runtime=a.runtime,
         cache_dir=cache_dir,
         max_epochs=1,
@@ -101,7 +101,7 @@ def main() -> None:
     work = Path(a.work)
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
-    full = json.loads((REPO / "bundles/common/datalists/kvasir_seg.json").read_text())
+    full = json.loads((REPO / "bundles/source/datalists/kvasir_seg.json").read_text())
     sub = {"training": full["training"][: a.limit], "validation": full["validation"][:1]}
     datalist = work / "datalist.json"
     datalist.write_text(json.dumps(sub))

@@ -1,7 +1,7 @@
 """How far can a prompt encoder g over the *frozen* LiteMedSAM embedding go on Kvasir-SEG? A quick probe.
 
     python benchmarks/autosam_head_probe.py --dataset_dir ../shared/data/kvasir_seg \
-        --datalist bundles/common/datalists/kvasir_seg.json \
+        --datalist bundles/source/datalists/kvasir_seg.json \
         --cache_dir <the training run's output_dir>/embedding_cache --head base --epochs 3
 
 Reads the embeddings that `autosam_kvasir/configs/train.json` cached (computing missing ones), then trains g and the

@@ -1,7 +1,7 @@
 """Per-image inference time of the box-prompted baseline, AutoSAM and AutoSAM's surrogate decoder h, in one run.
 
     python benchmarks/inference_time.py --dataset_dir ../shared/data/kvasir_seg \
-        --datalist bundles/common/datalists/kvasir_seg.json --model bundles/autosam_kvasir/models/model.pt
+        --datalist bundles/source/datalists/kvasir_seg.json --model bundles/autosam_kvasir/models/model.pt
 
 Same images, same pre-processing, same process, batch 1; medians over images x repeats after one warm-up.
 """

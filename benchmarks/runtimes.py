@@ -82,8 +82,8 @@ def main() -> None:
     data, work = Path(args.data), Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     lists = {
-        "kvasir_seg": json.loads((REPO / "bundles/common/datalists/kvasir_seg.json").read_text()),
-        "glas": json.loads((REPO / "bundles/common/datalists/glas.json").read_text()),
+        "kvasir_seg": json.loads((REPO / "bundles/source/datalists/kvasir_seg.json").read_text()),
+        "glas": json.loads((REPO / "bundles/source/datalists/glas.json").read_text()),
         "boxes": kvasir_datalist(data / "kvasir_seg"),
     }
     if args.limit:

@@ -4,6 +4,9 @@ SIGTERM handled like Ctrl-C.
 Every bundle's ``initialize`` starts with ``$monai_sam_adapt.bundle.guard_cli()``. Run as a library (tests,
 MONAI Label, a notebook) it does nothing; run from the command line it
 
+- refuses a ``monai_sam_adapt`` older than the bundle's ``requires`` (the configs name what this version has; an
+  absent package is refused by the expression before this one, which needs only the standard library), and a
+  ``--bundle_root`` that is not a folder;
 - refuses an option that is neither one of ``monai.bundle run``'s own nor a key of the config files (``--outputdir``
   would otherwise be added as a new, unused key, and the output would go to the default folder), listing the
   known ones;
@@ -19,6 +22,7 @@ import ast
 import contextlib
 import difflib
 import logging
+import os
 import signal
 import sys
 import threading
@@ -28,7 +32,7 @@ from monai.bundle import ConfigParser
 
 from ..errors import InputError, find_error
 
-__all__ = ["RUN_OPTIONS", "check_options", "guard_cli", "parse_options"]
+__all__ = ["RUN_OPTIONS", "check_options", "check_requirement", "guard_cli", "parse_options"]
 
 #: Options of ``monai.bundle run`` itself, and ours (``debug``).
 RUN_OPTIONS = (
@@ -141,11 +145,34 @@ def _close_progress_bars() -> None:
         bar.close()
 
 
-def guard_cli(argv: Sequence[str] | None = None, force: bool = False) -> None:
-    """Check the command line's options and install the readable-failure hooks; nothing unless run by
-    ``python -m monai.bundle run`` (or ``force``). Returns ``None`` so that it can sit in a config's ``initialize``."""
+def check_requirement(requires: str | None) -> None:
+    """Raise :class:`InputError` naming both versions unless the installed ``monai_sam_adapt`` satisfies
+    ``requires`` (a PEP 508 requirement such as ``"monai_sam_adapt>=0.1.0"``; ``None``: nothing to check)."""
+    if not requires:
+        return
+    from importlib.metadata import version
+
+    from packaging.requirements import InvalidRequirement, Requirement
+
+    try:
+        req = Requirement(requires)
+    except InvalidRequirement as e:
+        raise InputError(f"requires {requires!r} is not a package requirement ({e})") from e
+    installed = version(req.name)
+    if not req.specifier.contains(installed, prereleases=True):
+        raise InputError(
+            f"this bundle needs {requires}, and {req.name} {installed} is installed: install a version that matches "
+            "(the bundle's docs/README.md says how)"
+        )
+
+
+def guard_cli(argv: Sequence[str] | None = None, force: bool = False, requires: str | None = None) -> None:
+    """Check the command line's options (and the package version the bundle ``requires``) and install the
+    readable-failure hooks; nothing but the version check unless run by ``python -m monai.bundle run`` (or
+    ``force``). Returns ``None`` so that it can sit in a config's ``initialize``."""
     global _installed
     if not (force or _running_bundle_cli()):
+        check_requirement(requires)
         return
     options = parse_options(list(sys.argv[1:] if argv is None else argv))
     if options.get("args_file"):  # an args file holds options too (MONAI reads it as defaults of the command line)
@@ -158,7 +185,11 @@ def guard_cli(argv: Sequence[str] | None = None, force: bool = False) -> None:
     if not _installed and threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _terminate)
     _installed = True
+    check_requirement(requires)
     check_options(options)
+    root = options.get("bundle_root")
+    if root and not os.path.isdir(root):
+        raise InputError(f"--bundle_root {root!r} is not a folder (a bundle folder holds configs/ and models/)")
 
 
 def _terminate(signum, frame):

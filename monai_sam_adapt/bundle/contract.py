@@ -1,6 +1,6 @@
 """Keys every bundle defines, and how to read a bundle's configs wherever the process runs.
 
-Bundle configs share their structure through MONAI ``%`` macros into ``bundles/common/configs/*.json``. MONAI
+Bundle configs share their structure through MONAI ``%`` macros into ``bundles/source/base/*.json``. MONAI
 resolves a macro's file path against the working directory, so the commands in the README run from the repository
 root. :func:`read_config` makes the same configs readable from anywhere (the MONAI Label server, tests): it resolves
 each ``bundles/...`` macro path against the folder that holds the bundle.
@@ -8,13 +8,14 @@ each ``bundles/...`` macro path against the folder that holds the bundle.
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
 from monai.bundle import ConfigParser, ConfigWorkflow
-from monai.bundle.utils import ID_SEP_KEY, MACRO_KEY
 
 __all__ = [
     "INFER_KEYS",
@@ -23,6 +24,7 @@ __all__ = [
     "TRAIN_KEYS",
     "TRAINING_OVERRIDES",
     "bundle_labels",
+    "bundle_root",
     "bundle_workflow",
     "check_bundle",
     "config_parser",
@@ -82,7 +84,8 @@ TRAIN_KEYS: dict[str, str] = {
 OPTIONAL_KEYS: dict[str, str] = {
     "slice_axis": "present in 3D bundles: volumes are sliced along it, and served as volumes (NIfTI out)",
     "label_values": "label value of each name of metadata's channel_def (default 1..K)",
-    "input_channels": "names of the channels a bundle reads from separate files (served: one multi-channel image)",
+    "input_channels": "names of the channels a bundle reads from separate files, or from one file carrying them all "
+    "in this order (how MONAI Label hands them over)",
     "runtime": "inference/evaluation: torch (default), torch-bf16, onnxruntime, openvino or openvino-bf16 for the "
     "frozen image encoder (monai_sam_adapt.runtime)",
     "symmetries": "inference/evaluation of 2D bundles trained with flips and 90 degree rotations: none, flips or "
@@ -102,7 +105,6 @@ SERVING_OVERRIDES = (
     "output_dir",
     "num_workers",
     "handlers",
-    "image_channels",
 )
 #: What :class:`monai_sam_adapt.serving.bundle_training.BundleTrainingTask` overrides in ``train.json``.
 TRAINING_OVERRIDES = (
@@ -120,30 +122,43 @@ TRAINING_OVERRIDES = (
 )
 
 
-def _resolve_macro_paths(config: Any, bundles_dir: Path) -> Any:
-    if isinstance(config, dict):
-        return {k: _resolve_macro_paths(v, bundles_dir) for k, v in config.items()}
-    if isinstance(config, list):
-        return [_resolve_macro_paths(v, bundles_dir) for v in config]
-    if isinstance(config, str) and config.startswith(MACRO_KEY):
-        path, ids = ConfigParser.split_path_id(config[len(MACRO_KEY) :])
-        parts = Path(path).parts
-        if path and not os.path.isabs(path) and parts[0] == "bundles":
-            target = bundles_dir.joinpath(*parts[1:])
-            return f"{MACRO_KEY}{target}{'#' + ids.replace(ID_SEP_KEY, '#') if ids else ''}"
-    return config
+def bundle_root() -> str:
+    """The bundle folder of the config being run: the folder that holds the ``configs/`` folder of the first
+    ``--config_file`` of ``python -m monai.bundle`` (or of a ``ConfigWorkflow`` built in this process), else the
+    working directory (the model zoo's ``"bundle_root": "."``). Every built config's ``bundle_root`` is this
+    expression, so a bundle runs from its own folder, from any other with ``--config_file <copy>/configs/...``, and
+    ``--bundle_root`` or MONAI Label still set it."""
+    frame = inspect.currentframe()
+    while frame is not None:
+        owner = frame.f_locals.get("self")
+        if isinstance(owner, ConfigWorkflow) and getattr(owner, "config_root_path", None) is not None:
+            return str(_bundle_of(Path(owner.config_root_path)))
+        frame = frame.f_back
+    files = _config_files_of(sys.argv[1:])
+    if files:
+        return str(_bundle_of(Path(files[0]).parent))
+    return os.getcwd()
+
+
+def _bundle_of(config_dir: Path) -> Path:
+    config_dir = config_dir.resolve()
+    return config_dir.parent if config_dir.name == "configs" else config_dir
+
+
+def _config_files_of(argv: list[str]) -> list[str]:
+    from .cli import _files, parse_options
+
+    value = parse_options(argv).get("config_file")
+    return _files(value) if value else []
 
 
 def read_config(bundle_dir: str | os.PathLike, name: str = "inference.json") -> dict:
-    """``bundle_dir/configs/<name>`` as a dict that parses from any working directory: a macro path
-    ``bundles/<rest>`` (relative to the repository root, as MONAI reads it there) points to ``<rest>`` in the folder
-    that holds ``bundle_dir`` (whatever its name: ``--conf bundles <folder>``), so ``common/`` must sit beside the
-    bundle. ``bundle_root`` is set to ``bundle_dir``."""
+    """``bundle_dir/configs/<name>`` as a dict, ``bundle_root`` set to ``bundle_dir`` (absolute)."""
     bundle_dir = Path(bundle_dir)
     path = bundle_dir / "configs" / name
     if not path.is_file():
         raise FileNotFoundError(f"bundle {bundle_dir.name!r} has no configs/{name} ({path}).")
-    config = _resolve_macro_paths(json.loads(path.read_text()), bundle_dir.resolve().parent)
+    config = json.loads(path.read_text())
     config["bundle_root"] = str(bundle_dir.resolve())
     return config
 
@@ -174,7 +189,7 @@ def bundle_workflow(
 
 def find_bundles(root: str | os.PathLike) -> dict[str, Path]:
     """``{name: folder}`` of the bundles under ``root``: folders with ``configs/metadata.json`` and
-    ``configs/inference.json`` (``bundles/common`` holds shared configs, not a bundle)."""
+    ``configs/inference.json`` (``bundles/source`` holds what they are built from, not a bundle)."""
     return {
         p.name: p
         for p in sorted(Path(root).iterdir())
@@ -201,7 +216,7 @@ def bundle_labels(bundle_dir: str | os.PathLike) -> dict[str, int]:
 def check_bundle(bundle_dir: str | os.PathLike) -> list[str]:
     """What a bundle lacks of the contract (empty when it keeps it): every key of :data:`INFER_KEYS` in
     ``inference.json`` and (when there is one) ``evaluate.json``, of :data:`TRAIN_KEYS` in ``train.json`` when there
-    is one, after its macros are resolved; labels in ``metadata.json`` matching ``label_values``."""
+    is one; labels in ``metadata.json`` matching ``label_values``."""
     bundle_dir = Path(bundle_dir)
     problems = []
     for name, keys in (("inference.json", INFER_KEYS), ("evaluate.json", INFER_KEYS), ("train.json", TRAIN_KEYS)):

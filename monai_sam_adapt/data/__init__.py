@@ -1,7 +1,7 @@
 """Datalists: made from known dataset layouts (Kvasir-SEG, GlaS, BRATS, LiTS, any image/mask folder; also the
 ``python -m monai_sam_adapt.data`` command) and read by the bundles (:func:`load_datalist`, checked before a run).
 
-Not here: loading images (:mod:`monai_sam_adapt.transforms.io`), the committed datalists (``bundles/common/datalists``).
+Not here: loading images (:mod:`monai_sam_adapt.transforms.io`), the committed datalists (``bundles/source/datalists``).
 """
 
 from .datalists import (

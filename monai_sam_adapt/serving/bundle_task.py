@@ -21,7 +21,7 @@ from ..bundle import bundle_labels, read_config
 from ..sam.checkpoint import read_checkpoint
 from .errors import RequestError
 from .guard import TimeLimitedTask
-from .inputs import device_for, image_shape, input_error, single_output
+from .inputs import device_for, input_error, single_output
 
 __all__ = ["BundleSegmentationTask"]
 
@@ -35,8 +35,8 @@ class BundleSegmentationTask(TimeLimitedTask, InferTask):
     on the one requested image; the network is built and its ``models/model.pt`` loaded (``weights_only``) once, then
     shared by every request. The label comes back on the input's own grid (the bundle's ``Invertd``), with the
     bundle's label values; its names come from ``metadata.json``. A bundle whose dataset keeps channels in separate
-    files (BRATS: FLAIR, T1c) names them in its config's ``input_channels``; served, it takes one image carrying
-    them all (a 4D NIfTI) and refuses another with a 400.
+    files (BraTS: FLAIR, T1, T1c, T2) names them in its config's ``input_channels``; served, it takes one image
+    carrying them all in that order (a 4D NIfTI), and its loader refuses another with a 400.
 
     Args:
         bundle_dir: the bundle folder (``configs/inference.json``, ``configs/metadata.json``, ``models/model.pt``).
@@ -60,7 +60,6 @@ class BundleSegmentationTask(TimeLimitedTask, InferTask):
         meta = json.loads((self.bundle_dir / "configs" / "metadata.json").read_text())
         self._bundle_config = config = read_config(self.bundle_dir, "inference.json")
         self.output_ext = ".png" if config.get("slice_axis") is None else ".nii.gz"
-        self.input_channels = list(config.get("input_channels") or [])
         super().__init__(
             type=InferType.SEGMENTATION,
             labels=bundle_labels(self.bundle_dir),
@@ -119,15 +118,6 @@ class BundleSegmentationTask(TimeLimitedTask, InferTask):
         image = request.get("image")
         if not isinstance(image, str) or not image or not os.path.exists(image):
             raise RequestError(f"model {self.bundle_dir.name!r}: no image file {image!r} to segment.", 404)
-        channels = self.input_channels
-        if channels:  # one file must carry every channel the bundle reads from several (e.g. FLAIR and T1c)
-            got = image_shape(image, "image")[0]
-            if got != len(channels):
-                raise RequestError(
-                    f"model {self.bundle_dir.name!r} needs {len(channels)} channels {channels} in one "
-                    f"image (e.g. a 4D NIfTI); {image!r} has {got}.",
-                    400,
-                )
         device = self._net_device or device_for(request.get("device") or self._device)
         net_def, net = self.network(device)
         parser = self._parser(device)
@@ -139,8 +129,6 @@ class BundleSegmentationTask(TimeLimitedTask, InferTask):
             parser["output_dir"] = str(out_dir)
             parser["num_workers"] = 0
             parser["handlers"] = []
-            if channels:  # checked above: one file carries them all
-                parser["image_channels"] = len(channels)
             try:
                 parser.get_parsed_content("evaluator", lazy=False).run()
             except Exception as e:

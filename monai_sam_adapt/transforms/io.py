@@ -54,6 +54,9 @@ class LoadMedicalImage(LoadImage):
         nonfinite: ``"error"`` (refuse), or ``"zero"`` (replace them by 0, with a warning). Default ``"error"``.
         channels: accepted channel counts of each file (an int or a list), or ``None`` for any. When several files
             make one image (one per modality), each must have one of these counts. Default ``None``.
+        channel_names: the channels the image is made of (e.g. BraTS' ``["flair", "t1", "t1ce", "t2"]``), or
+            ``None``: then the image is one file per name (each with ``channels``), or one file carrying them all in
+            this order (how MONAI Label and a 4D NIfTI hand them over); any other count is refused. Default ``None``.
         spatial_dims: 2 or 3 to refuse images of the other dimensionality, or ``None``. Default ``None``.
         kwargs: passed to MONAI's ``LoadImage``.
     """
@@ -65,6 +68,7 @@ class LoadMedicalImage(LoadImage):
         nonfinite: str = "error",
         channels: int | Sequence[int] | None = None,
         spatial_dims: int | None = None,
+        channel_names: Sequence[str] | None = None,
         **kwargs: Any,
     ) -> None:
         if nonfinite not in ("error", "zero"):
@@ -74,6 +78,7 @@ class LoadMedicalImage(LoadImage):
         super().__init__(image_only=True, ensure_channel_first=ensure_channel_first, **kwargs)
         self.what, self.nonfinite, self.spatial_dims = what, nonfinite, spatial_dims
         self.channels = None if channels is None else sorted({int(c) for c in ensure_tuple(channels)})
+        self.channel_names = None if channel_names is None else [str(n) for n in channel_names]
         self.readers_by_format: dict[str, ImageReader] = {
             "2d": PILReader(reverse_indexing=False),
             "nifti": NibabelReader(),
@@ -142,6 +147,15 @@ class LoadMedicalImage(LoadImage):
                 f"{self.what} file {str(filename)!r} is {got} with shape {tuple(img.shape[1:])}; this bundle needs "
                 f"{need}."
             )
+        names = self.channel_names
+        if names is not None and (len(files) not in (1, len(names)) or (len(files) == 1 and chans != len(names))):
+            has = f"{len(files)} files" if len(files) > 1 else f"one file with {chans} channel(s)"
+            raise InputError(
+                f"{self.what} {str(filename)!r} is {has}; this bundle reads the {len(names)} channels "
+                f"{', '.join(names)}: one file each, or one file carrying all {len(names)} in this order."
+            )
+        if names is not None and len(files) == 1:
+            return  # one file with every channel, in order
         per_file = chans // len(files) if chans > 0 and chans % len(files) == 0 else None
         if self.channels is not None and per_file not in self.channels:
             what = " or ".join(map(str, self.channels))
@@ -218,6 +232,9 @@ class LoadMedicalImaged(MapTransform):
         ensure_channel_first: Default ``True``.
         channels: ``{key: accepted channel counts}`` (see :class:`LoadMedicalImage`), e.g. ``{"image": 3}``; keys
             not named take any. Default ``None``.
+        channel_names: ``{key: names of the channels}`` (see :class:`LoadMedicalImage`), e.g.
+            ``{"image": ["flair", "t1", "t1ce", "t2"]}``; a ``None`` value, or a key not named: no names.
+            Default ``None``.
         allow_missing_keys: Default ``False``.
         kwargs: passed to :class:`LoadMedicalImage` (``spatial_dims`` applies to every key).
     """
@@ -228,15 +245,23 @@ class LoadMedicalImaged(MapTransform):
         ensure_channel_first: bool = True,
         channels: Mapping[Hashable, int | Sequence[int]] | None = None,
         allow_missing_keys: bool = False,
+        channel_names: Mapping[Hashable, Sequence[str] | None] | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(keys, allow_missing_keys)
-        channels = dict(channels or {})
-        unknown = set(channels) - set(self.keys)
-        if unknown:
-            raise ValueError(f"channels names keys {sorted(map(str, unknown))} that are not loaded ({self.keys}).")
+        channels, channel_names = dict(channels or {}), dict(channel_names or {})
+        for arg, given in (("channels", channels), ("channel_names", channel_names)):
+            unknown = set(given) - set(self.keys)
+            if unknown:
+                raise ValueError(f"{arg} names keys {sorted(map(str, unknown))} that are not loaded ({self.keys}).")
         self.loaders = {
-            k: LoadMedicalImage(str(k), ensure_channel_first=ensure_channel_first, channels=channels.get(k), **kwargs)
+            k: LoadMedicalImage(
+                str(k),
+                ensure_channel_first=ensure_channel_first,
+                channels=channels.get(k),
+                channel_names=channel_names.get(k),
+                **kwargs,
+            )
             for k in self.keys
         }
 

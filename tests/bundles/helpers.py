@@ -49,7 +49,7 @@ def run_workflow(bundle: str, config: str, **override):
 
 
 def run_ddp_training(bundle: str, args: dict, workdir: Path, port_offset: int = 0):
-    """``torchrun --nproc_per_node=2 -m monai.bundle run training`` of ``bundle`` with the shared
+    """``torchrun --nproc_per_node=2 -m monai.bundle run training`` of ``bundle`` with its
     ``multi_gpu_train.json`` (gloo on CPU) and ``args`` as its args file; the finished process."""
     (workdir / "args.json").write_text(json.dumps(args))
     cfg = f"bundles/{bundle}/configs"
@@ -57,7 +57,7 @@ def run_ddp_training(bundle: str, args: dict, workdir: Path, port_offset: int = 
     port = str(29500 + (os.getpid() + port_offset) % 1000)
     cmd += [port, "-m", "monai.bundle", "run", "training", "--config_file"]
     cmd += [
-        f"['{cfg}/train.json','bundles/common/configs/multi_gpu_train.json']",
+        f"['{cfg}/train.json','{cfg}/multi_gpu_train.json']",
         "--meta_file",
         f"{cfg}/metadata.json",
     ]

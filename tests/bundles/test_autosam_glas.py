@@ -21,7 +21,7 @@ def test_committed_ensemble_segments_real_glands(tmp_path):
     from tests.conftest import data_path
 
     root = data_path("glas")
-    dl = json.loads((REPO / "bundles" / "common" / "datalists" / "glas.json").read_text())
+    dl = json.loads((REPO / "bundles" / "source" / "datalists" / "glas.json").read_text())
     dl["testing"] = dl["testing"][:3]
     run_workflow(
         BUNDLE,
@@ -45,7 +45,7 @@ def test_zoom_variants_are_a_finite_set_the_cache_serves_with_aligned_labels(mon
 
     monkeypatch.chdir(REPO)  # the config refers to flips_rot90 by its repository path, as the bundles do
     parser = ConfigParser()
-    parser.read_config(REPO / "bundles" / "common" / "configs" / "data_2d.json")
+    parser.read_config(REPO / "bundles" / "source" / "base" / "data_2d.json")
     augment = parser.get_parsed_content("dihedral_zoom")
     image = torch.rand(3, 64, 64) * 0.2
     image[:, 10:30, 14:44] = 1.0  # an off-centre object, so that every variant is another array

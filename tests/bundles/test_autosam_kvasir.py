@@ -9,7 +9,7 @@ from monai_sam_adapt.data import kvasir_datalist, write_datalist
 from tests.bundles.helpers import REPO, chain, read_metrics, run_ddp_training, run_workflow, tiny_network_override
 
 BUNDLE = "autosam_kvasir"
-REPO_CONFIGS = REPO / "bundles" / "common" / "configs"
+REPO_CONFIGS = REPO / "bundles" / "source" / "base"
 
 
 def tiny(**extra):
@@ -145,7 +145,7 @@ def test_train_pretrained_g_with_photometric_augmentation_and_cascade(polyp_fold
     datalist = write_datalist(kvasir_datalist(polyp_folder), tmp_path / "dl.json")
     common = dict(dataset_dir=str(polyp_folder), datalist=str(datalist), num_workers=0)
     data_2d = json.loads((REPO_CONFIGS / "data_2d.json").read_text())
-    autosam = read_config(REPO_CONFIGS.parent.parent / "autosam_kvasir", "train.json")  # a bundle's view of common
+    autosam = read_config(REPO_CONFIGS.parent.parent / "autosam_kvasir", "train.json")  # a bundle's view of the bases
     assert "g_prepare_batch" not in autosam  # today's bundle trains the head; the recipe is opt-in until retrained
     g = {"weights": None, "fpn_channels": 16, "hidden_channels": 16}
     net = tiny(output="both", prompt_encoder="efficientnet", prompt_encoder_kwargs=g, cache=str(tmp_path / "cache"))
@@ -224,7 +224,7 @@ def test_committed_pretrained_g_model_segments_real_polyps(tmp_path):
     from tests.conftest import data_path
 
     root = data_path("kvasir_seg")
-    dl = json.loads((REPO / "bundles" / "common" / "datalists" / "kvasir_seg.json").read_text())
+    dl = json.loads((REPO / "bundles" / "source" / "datalists" / "kvasir_seg.json").read_text())
     dl["testing"] = dl["testing"][:3]
     run_workflow(
         BUNDLE, "evaluate.json", dataset_dir=str(root), datalist=dl, num_workers=0, output_dir=str(tmp_path / "ev")

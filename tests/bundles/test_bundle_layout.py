@@ -51,7 +51,7 @@ def test_layout_and_metadata(bundle):
     if bundle in TRAINED or (root / "models" / "model.pt").exists():  # a model to measure has its evaluate.json
         assert (root / "configs" / "evaluate.json").is_file(), f"{bundle} lacks configs/evaluate.json"
     if bundle in TRAINED:
-        assert (REPO / "bundles" / "common" / "configs" / "multi_gpu_train.json").is_file()
+        assert (root / "configs" / "multi_gpu_train.json").is_file(), f"{bundle} lacks configs/multi_gpu_train.json"
     res = verify(f"bundles/{bundle}/configs/metadata.json")
     assert res.returncode == 0 and "metadata is verified with no error" in res.stdout + res.stderr, res.stderr
 
@@ -67,7 +67,7 @@ def test_bad_metadata_is_refused(tmp_path):
 @pytest.mark.parametrize("bundle", BUNDLES)
 def test_bundle_keeps_the_serving_contract(bundle):
     """Every key serving and training rely on (monai_sam_adapt.bundle.INFER_KEYS / TRAIN_KEYS) is defined, after the
-    bundle's macros into bundles/common are resolved, read from outside the repository."""
+    bundle's configs read from outside the repository."""
     assert check_bundle(REPO / "bundles" / bundle) == []
 
 
@@ -76,7 +76,6 @@ def test_contract_check_names_a_missing_key(tmp_path):
 
     root = tmp_path / "bundles"
     shutil.copytree(REPO / "bundles" / "ssam_glas" / "configs", root / "ssam_glas" / "configs")
-    shutil.copytree(REPO / "bundles" / "common", root / "common")
     cfg = root / "ssam_glas" / "configs" / "inference.json"
     config = json.loads(cfg.read_text())
     config["inputs"] = config.pop("data")  # a rename the server would not know about

@@ -252,7 +252,7 @@ def test_committed_adapter_segments_real_glas_images(tmp_path):
     from tests.conftest import data_path
 
     root = data_path("glas")
-    dl = json.loads((REPO / "bundles" / "common" / "datalists" / "glas.json").read_text())
+    dl = json.loads((REPO / "bundles" / "source" / "datalists" / "glas.json").read_text())
     dl["testing"] = dl["testing"][:2]
     common = dict(dataset_dir=str(root), datalist=dl, num_workers=0)
     run_workflow(BUNDLE, "evaluate.json", output_dir=str(tmp_path / "ev"), **common)

@@ -19,8 +19,6 @@ def tiny_bundle(root: Path, bundle: str = "ssam_lits", name: str | None = None, 
     ``models/model.pt`` saved from that network: the serving plumbing at millisecond cost (no accuracy meaning)."""
     dst = root / (name or f"{bundle}_tiny")
     shutil.copytree(REPO / "bundles" / bundle / "configs", dst / "configs")
-    if not (root / "common").exists():  # the shared configs the bundle's macros point to, beside it as in bundles/
-        shutil.copytree(REPO / "bundles" / "common", root / "common")
     override = tiny_network_override("monai_sam_adapt.networks.SSAM", label_names=list(labels), method="svd")
     for cfg in ("inference.json", "train.json", "evaluate.json"):
         path = dst / "configs" / cfg

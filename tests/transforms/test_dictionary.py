@@ -230,3 +230,28 @@ def test_dicom_folders_that_would_load_wrong_are_refused(tmp_path):
     gap = _ct_series(tmp_path / "gap", z=(0.0, 1.0, 3.0))
     with pytest.raises(InputError, match=r"gap'.*not evenly spaced.*\[1\.0, 2\.0\]"):
         LoadMedicalImaged("image")({"image": str(gap)})
+
+
+def test_named_channels_come_one_file_each_or_all_in_one(tmp_path):
+    """BraTS' four sequences: four 1-channel files (the datalist's form) or one 4-channel file in that order (MONAI
+    Label's); one file with another count, or another number of files, is refused naming the channels."""
+    import nibabel as nib
+
+    names = ["flair", "t1", "t1ce", "t2"]
+    vol = np.random.default_rng(0).normal(size=(8, 7, 3)).astype(np.float32)
+    files = []
+    for i, n in enumerate(names):
+        nib.save(nib.Nifti1Image(vol + i, np.eye(4)), tmp_path / f"{n}.nii.gz")
+        files.append(str(tmp_path / f"{n}.nii.gz"))
+    nib.save(nib.Nifti1Image(np.stack([vol + i for i in range(4)], -1), np.eye(4)), tmp_path / "all.nii.gz")
+    load = LoadMedicalImaged("image", channels={"image": 1}, channel_names={"image": names}, spatial_dims=3)
+    separate = load({"image": files})["image"]
+    together = load({"image": str(tmp_path / "all.nii.gz")})["image"]
+    assert separate.shape == together.shape == (4, 8, 7, 3)
+    np.testing.assert_allclose(separate.numpy(), together.numpy())
+    with pytest.raises(InputError, match=r"flair\.nii\.gz.*one file with 1 channel\(s\); this bundle reads the 4 "):
+        load({"image": files[0]})
+    with pytest.raises(InputError, match="is 2 files; this bundle reads the 4 channels flair, t1, t1ce, t2"):
+        load({"image": files[:2]})
+    with pytest.raises(ValueError, match="channel_names names keys"):
+        LoadMedicalImaged("image", channel_names={"label": names})
