@@ -1,7 +1,7 @@
 """What users read says what the software does, never how it was built: no session or issue numbers, home-folder
-run paths or temporary-folder paths, no "not adopted". Checked where the text is already clean (the package's code,
-docstrings and comments, `docs/`, bundle metadata and licences, benchmark docstrings); the README and the bundle
-docs join once their experiment history has moved to `docs/experiments.md`."""
+run paths or temporary-folder paths, no "not adopted". Checked where the text is already clean (the README, the
+package's code, docstrings and comments, `docs/`, bundle metadata and licences, benchmark docstrings); the bundle docs
+join once their experiment history has moved to `docs/experiments.md`."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ PROCESS_WORDS = re.compile(
 def _texts():
     for path in sorted((REPO / "monai_sam_adapt").rglob("*.py")):
         yield path, path.read_text()
-    for pattern in ("docs/**/*.md", "bundles/*/configs/metadata.json", "bundles/*/docs/data_license.txt"):
+    for pattern in ("README.md", "docs/**/*.md", "bundles/*/configs/metadata.json", "bundles/*/docs/data_license.txt"):
         for path in sorted(REPO.glob(pattern)):
             yield path, path.read_text()
     for path in sorted((REPO / "benchmarks").glob("*.py")):
