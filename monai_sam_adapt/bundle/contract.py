@@ -1,9 +1,8 @@
 """Keys every bundle defines, and how to read a bundle's configs wherever the process runs.
 
-Bundle configs share their structure through MONAI ``%`` macros into ``bundles/source/base/*.json``. MONAI
-resolves a macro's file path against the working directory, so the commands in the README run from the repository
-root. :func:`read_config` makes the same configs readable from anywhere (the MONAI Label server, tests): it resolves
-each ``bundles/...`` macro path against the folder that holds the bundle.
+Each bundle folder is self-contained (its configs are built from ``bundles/source`` by
+:mod:`monai_sam_adapt.bundle.build`); :func:`bundle_root` finds the folder of the config being run, and
+:func:`read_config` reads a bundle's config with ``bundle_root`` set, for the MONAI Label server and tests.
 """
 
 from __future__ import annotations

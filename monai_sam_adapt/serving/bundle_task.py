@@ -92,7 +92,6 @@ class BundleSegmentationTask(TimeLimitedTask, InferTask):
         if self.runtime:
             parser["runtime"] = self.runtime
         if self.model_path != self.bundle_model:  # weights from train.json: the network it trains, not the committed
-            parser.resolve_macro_and_relative_ids()
             for key, value in (parser.get("trained_overrides") or {}).items():
                 parser[key] = value
         return parser

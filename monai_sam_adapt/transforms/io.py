@@ -148,14 +148,15 @@ class LoadMedicalImage(LoadImage):
                 f"{need}."
             )
         names = self.channel_names
-        if names is not None and (len(files) not in (1, len(names)) or (len(files) == 1 and chans != len(names))):
-            has = f"{len(files)} files" if len(files) > 1 else f"one file with {chans} channel(s)"
-            raise InputError(
-                f"{self.what} {str(filename)!r} is {has}; this bundle reads the {len(names)} channels "
-                f"{', '.join(names)}: one file each, or one file carrying all {len(names)} in this order."
-            )
-        if names is not None and len(files) == 1:
-            return  # one file with every channel, in order
+        if names is not None:
+            if len(files) == 1 and chans == len(names):
+                return  # one file with every channel, in order
+            if len(files) != len(names):
+                has = f"{len(files)} files" if len(files) > 1 else f"one file with {chans} channel(s)"
+                raise InputError(
+                    f"{self.what} {str(filename)!r} is {has}; this bundle reads the {len(names)} channels "
+                    f"{', '.join(names)}: one file each, or one file carrying all {len(names)} in this order."
+                )
         per_file = chans // len(files) if chans > 0 and chans % len(files) == 0 else None
         if self.channels is not None and per_file not in self.channels:
             what = " or ".join(map(str, self.channels))
