@@ -1,7 +1,7 @@
 """Where a bundle's untrained (or given) network starts on real training samples: logits, largest probability, Dice.
 
     python benchmarks/initial_logits.py --config bundles/ssam_brats/configs/train.json \
-        --dataset_dir ../shared/data/brats2015
+        --dataset_dir ../shared/data/brats2018
     python benchmarks/initial_logits.py --config bundles/ssam_glas/configs/train.json --dataset_dir ../shared/data/glas
     python benchmarks/initial_logits.py ... --weights runs/checkpoints/checkpoint_epoch=43.pt   # a training checkpoint
 
@@ -25,14 +25,13 @@ def main() -> None:
     p.add_argument("--n", type=int, default=3, help="training samples to look at")
     args = p.parse_args()
 
-    from monai.bundle import ConfigParser
+    from monai_sam_adapt.bundle import bundle_workflow
 
-    parser = ConfigParser()
-    parser.read_config(args.config)
-    parser["dataset_dir"] = args.dataset_dir
-    parser["bundle_root"] = str(Path(args.config).resolve().parents[1])
-    parser["num_workers"] = 0
-    parser["device"] = "$torch.device('cpu')"
+    cfg = Path(args.config)
+    wf = bundle_workflow(
+        cfg.resolve().parents[1], cfg.name, dataset_dir=args.dataset_dir, num_workers=0, device="$torch.device('cpu')"
+    )
+    parser = wf.parser
     net = parser.get_parsed_content("network")
     if args.weights:
         state = torch.load(args.weights, map_location="cpu", weights_only=True)

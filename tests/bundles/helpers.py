@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -48,9 +49,18 @@ def run_workflow(bundle: str, config: str, **override):
     return wf
 
 
+# What a CPU (gloo) worker prints when it aborts at interpreter exit, after its work is done: gloo's worker threads can
+# still hold tensors with Python references while the interpreter is being torn down (pytorch/pytorch#179291). It is
+# rare (none in 40 runs on 2 cores, under load or pinned to one core; one in a CI run), and it comes after training.
+GLOO_EXIT_ABORT = "terminate called without an active exception"
+
+
 def run_ddp_training(bundle: str, args: dict, workdir: Path, port_offset: int = 0):
     """``torchrun --nproc_per_node=2 -m monai.bundle run training`` of ``bundle`` with its
-    ``multi_gpu_train.json`` (gloo on CPU) and ``args`` as its args file; the finished process."""
+    ``multi_gpu_train.json`` (gloo on CPU) and ``args`` as its args file; the finished process.
+
+    A run that trained to the end and saved its model but whose exit was the gloo teardown abort above is run once
+    more from scratch (its outputs removed): that second run must exit cleanly. Any other failure is returned as is."""
     (workdir / "args.json").write_text(json.dumps(args))
     cfg = f"bundles/{bundle}/configs"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port"]
@@ -63,7 +73,15 @@ def run_ddp_training(bundle: str, args: dict, workdir: Path, port_offset: int = 
     ]
     cmd += ["--logging_file", f"{cfg}/logging.conf", "--args_file", str(workdir / "args.json")]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600, env=env)
+    res = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600, env=env)
+    finished = (Path(args["ckpt_dir"]) / "model.pt").is_file() and f"Epoch[{args['max_epochs']}] Metrics" in (
+        res.stdout + res.stderr
+    )
+    if res.returncode != 0 and finished and GLOO_EXIT_ABORT in res.stderr:
+        for out in (args["output_dir"], args["ckpt_dir"]):
+            shutil.rmtree(out, ignore_errors=True)
+        res = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600, env=env)
+    return res
 
 
 def chain(e: BaseException) -> str:

@@ -14,7 +14,7 @@ from monai.transforms import Compose, Orientationd
 
 from monai_sam_adapt.data import lits_datalist
 from monai_sam_adapt.transforms import LoadMedicalImaged
-from tests.bundles.helpers import REPO, read_metrics, run_workflow, tiny_network_override
+from tests.bundles.helpers import REPO, chain, read_metrics, run_workflow, tiny_network_override
 from tests.conftest import data_path
 
 BUNDLE = "ssam_lits"
@@ -95,6 +95,33 @@ def test_train_evaluate_infer_synthetic(tmp_path, rng):
     pred = tmp_path / "pred"
     run_workflow(BUNDLE, "inference.json", output_dir=str(pred), model_path=str(model), **common, **tiny())
     check_prediction(pred, root / dl["testing"][0]["image"])
+
+    # the label names go through MiniLM: a synonym is a prompt; a far name, or another organ (kidney is 0.62 from
+    # liver, under this bundle's 0.65 threshold), is refused naming the trained ones
+    tumour = tmp_path / "pred_tumour"
+    run_workflow(
+        BUNDLE,
+        "inference.json",
+        output_dir=str(tumour),
+        model_path=str(model),
+        prompt_names=["liver", "tumour"],
+        **common,
+        **tiny(),
+    )
+    check_prediction(tumour, root / dl["testing"][0]["image"])
+    for far in ("brain", "kidney"):
+        with pytest.raises(Exception) as e:
+            run_workflow(
+                BUNDLE,
+                "inference.json",
+                output_dir=str(tmp_path / far),
+                model_path=str(model),
+                prompt_names=["liver", far],
+                **common,
+                **tiny(),
+            )
+        assert f"'{far}' is not close to any name this model was trained on ['liver', 'tumor']" in chain(e.value)
+        assert not (tmp_path / far).exists() or not any((tmp_path / far).rglob("*.nii.gz"))
 
     # a volume outside dataset_dir with an expert label beside it named as our prediction would be: never touched
     outside = synthetic_lits(tmp_path / "other_hospital", rng, n=1, start=9) / "volume-9.nii.gz"
