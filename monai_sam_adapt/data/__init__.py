@@ -14,6 +14,7 @@ from .datalists import (
     lits_datalist,
     main,
     split_by_case,
+    splits_datalist,
     write_datalist,
 )
 from .loading import LAYOUTS, check_datalist, load_datalist
@@ -31,5 +32,6 @@ __all__ = [
     "lits_datalist",
     "main",
     "split_by_case",
+    "splits_datalist",
     "write_datalist",
 ]

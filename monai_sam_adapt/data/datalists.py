@@ -6,6 +6,7 @@ Entries are ``{"image": ..., "label": ...}`` with paths relative to the dataset 
 Command line::
 
     python -m monai_sam_adapt.data kvasir ../shared/data/kvasir_seg -o kvasir.json
+    python -m monai_sam_adapt.data splits DIR -o mine.json       # images/ + masks/ + splits.json (any dataset)
     python -m monai_sam_adapt.data glas   ../shared/data/glas -o glas.json
     python -m monai_sam_adapt.data brats  ../shared/data/brats2018 -o brats.json
     python -m monai_sam_adapt.data lits   /data/LiTS -o lits.json
@@ -33,6 +34,7 @@ __all__ = [
     "kvasir_datalist",
     "lits_datalist",
     "main",
+    "splits_datalist",
     "split_by_case",
     "write_datalist",
 ]
@@ -59,11 +61,17 @@ def split_by_case(cases: Sequence[str], val_fraction: float, seed: int = 0) -> t
     return [c for c in cases if c not in set(val)], val
 
 
-def kvasir_datalist(root: str | Path, splits: str | Path | None = None) -> dict[str, list[dict]]:
-    """Kvasir-SEG: ``images/<id>.jpg`` and ``masks/<id>.jpg``; split from ``splits.json`` (``train``/``val``/``test``
-    lists of ids) when present, else every pair under ``testing``."""
+def splits_datalist(root: str | Path, splits: str | Path | None = None) -> dict:
+    """A folder of ``images/<id>.<ext>`` with ``masks/<id>.<ext>`` (the same file names) split by a ``splits.json``
+    (Kvasir-SEG's layout, and that of the prepared MoNuSeg, BUSI and chest X-ray folders).
+
+    ``splits.json`` holds ``train`` / ``val`` / ``test`` lists of ids (-> ``training`` / ``validation`` /
+    ``testing``); any other list (BUSI's lesion-free ``normal`` images) becomes a datalist key of its own, for
+    ``--datalist_key``. A ``labels`` map of name -> mask value (several structures in one label map) is kept in the
+    datalist as it is. An id in two splits, an id with no image, an image with no mask or a split missing is refused
+    naming the file. Without a ``splits.json`` every pair goes under ``testing``."""
     root = Path(root)
-    images, masks = _need_dir(root / "images", "Kvasir-SEG images"), _need_dir(root / "masks", "Kvasir-SEG masks")
+    images, masks = _need_dir(root / "images", "images"), _need_dir(root / "masks", "masks")
     by_id = {_stem(p): p for p in images.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES}
     splits = Path(splits) if splits else root / "splits.json"
 
@@ -73,17 +81,32 @@ def kvasir_datalist(root: str | Path, splits: str | Path | None = None) -> dict[
         img = by_id[case]
         mask = masks / img.name
         if not mask.exists():
-            raise FileNotFoundError(f"Kvasir-SEG image {img} has no mask {mask}.")
+            raise FileNotFoundError(f"image {img} has no mask {mask}.")
         return {"image": str(img.relative_to(root)), "label": str(mask.relative_to(root))}
 
-    if splits.exists():
-        s = json.loads(splits.read_text())
-        names = {"training": "train", "validation": "val", "testing": "test"}
-        missing = [v for v in names.values() if v not in s]
-        if missing:
-            raise ValueError(f"{splits} lacks the split(s) {missing}; expected keys 'train', 'val', 'test'.")
-        return {k: [entry(c) for c in s[v]] for k, v in names.items()}
-    return {"training": [], "validation": [], "testing": [entry(c) for c in sorted(by_id)]}
+    if not splits.exists():
+        return {"training": [], "validation": [], "testing": [entry(c) for c in sorted(by_id)]}
+    s = json.loads(splits.read_text())
+    names = {"train": "training", "val": "validation", "test": "testing"}
+    missing = [k for k in names if k not in s]
+    if missing:
+        raise ValueError(f"{splits} lacks the split(s) {missing}; expected keys 'train', 'val', 'test'.")
+    lists = {k: v for k, v in s.items() if isinstance(v, list)}
+    seen: dict[str, str] = {}
+    for split, ids in lists.items():
+        for case in ids:
+            if case in seen:
+                raise ValueError(f"{splits}: {case!r} is in both {seen[case]!r} and {split!r}.")
+            seen[case] = split
+    out: dict = {names.get(k, k): [entry(c) for c in ids] for k, ids in lists.items()}
+    if isinstance(s.get("labels"), dict):
+        out["labels"] = s["labels"]
+    return out
+
+
+def kvasir_datalist(root: str | Path, splits: str | Path | None = None) -> dict:
+    """Kvasir-SEG (``images/<id>.jpg``, ``masks/<id>.jpg``, ``splits.json``): :func:`splits_datalist`."""
+    return splits_datalist(root, splits)
 
 
 def glas_datalist(root: str | Path, val_fraction: float = 0.15, seed: int = 0) -> dict[str, list[dict]]:
@@ -253,11 +276,11 @@ def write_datalist(datalist: dict, path: str | Path) -> Path:
 def main(argv: Sequence[str] | None = None) -> None:
     ap = argparse.ArgumentParser(prog="python -m monai_sam_adapt.data", description=__doc__.split("\n\n")[0])
     sub = ap.add_subparsers(dest="layout", required=True)
-    for name in ("kvasir", "glas", "brats", "lits", "folder"):
+    for name in ("kvasir", "splits", "glas", "brats", "lits", "folder"):
         p = sub.add_parser(name)
         p.add_argument("root")
         p.add_argument("-o", "--output", required=True, help="datalist JSON to write")
-        if name == "kvasir":
+        if name in ("kvasir", "splits"):
             p.add_argument("--splits", default=None, help="splits.json (default: ROOT/splits.json)")
         if name in ("glas", "lits", "brats"):
             p.add_argument("--val-fraction", type=float, default={"glas": 0.15, "lits": 0.1, "brats": 0.2}[name])
@@ -271,8 +294,8 @@ def main(argv: Sequence[str] | None = None) -> None:
             p.add_argument("--mask-suffix", default="")
             p.add_argument("--split", default="testing", choices=["training", "validation", "testing"])
     a = ap.parse_args(argv)
-    if a.layout == "kvasir":
-        dl = kvasir_datalist(a.root, a.splits)
+    if a.layout in ("kvasir", "splits"):
+        dl = splits_datalist(a.root, a.splits)
     elif a.layout == "glas":
         dl = glas_datalist(a.root, a.val_fraction, a.seed)
     elif a.layout == "brats":
@@ -284,4 +307,4 @@ def main(argv: Sequence[str] | None = None) -> None:
     else:
         dl = folder_datalist(a.root, a.images, a.masks or None, a.mask_suffix, a.split)
     out = write_datalist(dl, a.output)
-    print(f"wrote {out}: " + ", ".join(f"{k} {len(v)}" for k, v in dl.items()))
+    print(f"wrote {out}: " + ", ".join(f"{k} {len(v)}" for k, v in dl.items() if isinstance(v, list)))

@@ -15,8 +15,9 @@ from ..errors import InputError
 __all__ = ["LAYOUTS", "check_datalist", "load_datalist"]
 
 #: Dataset layouts a bundle's ``datalist`` may name instead of a JSON file: the datalist is then made from
-#: ``dataset_dir`` by the matching :mod:`monai_sam_adapt.data` function (LiTS and BRATS folders, split by case).
-LAYOUTS = ("lits", "brats")
+#: ``dataset_dir`` by the matching :mod:`monai_sam_adapt.data` function (LiTS and BRATS folders, split by case; an
+#: ``images/`` + ``masks/`` folder split by its ``splits.json``).
+LAYOUTS = ("lits", "brats", "splits")
 
 
 def check_datalist(

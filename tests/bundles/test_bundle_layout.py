@@ -128,3 +128,14 @@ def test_network_shapes_match_the_metadata(bundle):
         assert res.returncode != 0 and "needs boxes or points" in res.stderr, res.stderr[-2000:]
     else:
         assert res.returncode == 0 and "verified with no error" in res.stdout + res.stderr, res.stderr[-2000:]
+
+
+@pytest.mark.parametrize("bundle", BUNDLES)
+def test_docs_report_the_metadata_numbers(bundle):
+    """Every measured test number in a bundle's metadata (``eval_metrics``) is the number its docs report."""
+    root = REPO / "bundles" / bundle
+    meta = json.loads((root / "configs" / "metadata.json").read_text())
+    doc = (root / "docs" / "README.md").read_text()
+    written = {k: f"{v:.2f}" if k.startswith("hd95") else f"{v:.4f}" for k, v in meta["eval_metrics"].items()}
+    missing = [k for k, v in written.items() if v not in doc]
+    assert not missing, f"{bundle}: docs/README.md does not report {missing} of configs/metadata.json"

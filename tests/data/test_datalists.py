@@ -159,3 +159,49 @@ def test_real_layouts():
         "t1ce.nii.gz",
         "t2.nii.gz",
     ]
+
+
+def test_splits_layout_extra_splits_labels_and_leaks(tmp_path, capsys):
+    """The prepared MoNuSeg / BUSI / chest X-ray layout: extra id lists (BUSI's lesion-free ``normal``) become keys of
+    their own, a ``labels`` map travels with the datalist, an id in two splits is refused."""
+    root = tmp_path / "cxr"
+    for i in range(5):
+        write_png(root / "images" / f"cxr_{i}.png", np.full((12, 10), 40 * i, np.uint8))
+        write_png(root / "masks" / f"cxr_{i}.png", np.full((12, 10), i % 4, np.uint8))
+    splits = {"source": "x", "train": ["cxr_0", "cxr_1"], "val": ["cxr_2"], "test": ["cxr_3"], "normal": ["cxr_4"]}
+    splits["labels"] = {"left lung": 1, "right lung": 2, "heart": 3}
+    (root / "splits.json").write_text(json.dumps(splits))
+    out = tmp_path / "dl.json"
+    main(["splits", str(root), "-o", str(out)])
+    dl = json.loads(out.read_text())
+    assert [len(dl[k]) for k in ("training", "validation", "testing", "normal")] == [2, 1, 1, 1]
+    assert dl["normal"] == [{"image": "images/cxr_4.png", "label": "masks/cxr_4.png"}]
+    assert dl["labels"] == {"left lung": 1, "right lung": 2, "heart": 3} and "source" not in dl
+    assert "normal 1" in capsys.readouterr().out
+    splits["test"].append("cxr_1")
+    (root / "splits.json").write_text(json.dumps(splits))
+    with pytest.raises(ValueError, match="'cxr_1' is in both 'train' and 'test'"):
+        main(["splits", str(root), "-o", str(out)])
+
+
+PREPARED = [("busi", [453, 65, 129, 133]), ("cxr", [59, 10, 29]), ("monuseg", [25, 5, 14])]
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("name,counts", PREPARED)
+def test_prepared_more_layouts(name, counts):
+    """The folders ``../shared/data/more/prepare.py`` writes, found through ``MONAI_SAM_MORE_DATA`` (default
+    ``~/data``); skipped with the reason when a folder is absent."""
+    import os
+    from pathlib import Path
+
+    root = Path(os.environ.get("MONAI_SAM_MORE_DATA", Path.home() / "data")) / name
+    if not (root / "splits.json").is_file():
+        pytest.skip(f"{root} not prepared (python ../shared/data/more/prepare.py {name} <git copy> {root})")
+    from monai_sam_adapt.data import splits_datalist
+
+    dl = splits_datalist(root)
+    keys = ["training", "validation", "testing", "normal"][: len(counts)]
+    assert [len(dl[k]) for k in keys] == counts
+    if name == "cxr":
+        assert dl["labels"] == {"left lung": 1, "right lung": 2, "heart": 3}
