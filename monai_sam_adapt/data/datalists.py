@@ -104,9 +104,8 @@ def splits_datalist(root: str | Path, splits: str | Path | None = None) -> dict:
     return out
 
 
-def kvasir_datalist(root: str | Path, splits: str | Path | None = None) -> dict:
-    """Kvasir-SEG (``images/<id>.jpg``, ``masks/<id>.jpg``, ``splits.json``): :func:`splits_datalist`."""
-    return splits_datalist(root, splits)
+#: Kvasir-SEG (``images/<id>.jpg``, ``masks/<id>.jpg``, ``splits.json``) is this layout.
+kvasir_datalist = splits_datalist
 
 
 def glas_datalist(root: str | Path, val_fraction: float = 0.15, seed: int = 0) -> dict[str, list[dict]]:
