@@ -104,6 +104,7 @@ SERVING_OVERRIDES = (
     "output_dir",
     "num_workers",
     "handlers",
+    "mask_scale",
 )
 #: What :class:`monai_sam_adapt.serving.bundle_training.BundleTrainingTask` overrides in ``train.json``.
 TRAINING_OVERRIDES = (

@@ -128,6 +128,8 @@ class BundleSegmentationTask(TimeLimitedTask, InferTask):
             parser["output_dir"] = str(out_dir)
             parser["num_workers"] = 0
             parser["handlers"] = []
+            if parser.get("mask_scale") is not None:  # 2D: the label value, not the 0/255 of the bundle's mask files
+                parser["mask_scale"] = None
             try:
                 parser.get_parsed_content("evaluator", lazy=False).run()
             except Exception as e:

@@ -334,3 +334,23 @@ def test_a_committed_ensemble_is_served_then_monai_label_trained_weights_with_tr
     out, _ = task({"image": str(path)})
     assert np.asarray(Image.open(out)).shape == disk.shape
     assert isinstance(task.network(torch.device("cpu"))[1], AutoSAM)
+
+
+def test_a_2d_bundle_serves_the_label_value_not_the_mask_files_scale(tmp_path, disk_png):
+    """Batch runs of a 2D bundle write 0/255 PNGs (readable as pictures); the served label holds the label value
+    that ``/info`` lists (1 for polyp), as MONAI Label's own writer does. unet_kvasir's configs with weights that
+    predict foreground everywhere (all weights 0, biases 1: the output is its last biases)."""
+    import shutil
+
+    from monai_sam_adapt.bundle import bundle_labels, config_parser
+
+    bundle = tmp_path / "bundles" / "unet_kvasir"
+    shutil.copytree(REPO / "bundles" / "unet_kvasir" / "configs", bundle / "configs")
+    state = config_parser(bundle, "inference.json").get_parsed_content("network_def").state_dict()
+    state = {k: torch.ones_like(v) if k.endswith("bias") else torch.zeros_like(v) for k, v in state.items()}
+    (bundle / "models").mkdir()
+    torch.save(state, bundle / "models" / "model.pt")
+    path, disk = disk_png
+    out, params = BundleSegmentationTask(bundle, device="cpu")({"image": str(path)})
+    served = np.asarray(Image.open(out))
+    assert served.shape == disk.shape and set(np.unique(served)) == {bundle_labels(bundle)["polyp"]} == {1}
