@@ -12,6 +12,8 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 DATA_DIR = Path(os.environ.get("MONAI_SAM_DATA", REPO.parent / "shared" / "data"))
+#: Where ``../shared/data/more/prepare.py`` wrote MoNuSeg, BUSI and the chest X-rays (one folder each).
+MORE_DATA_DIR = Path(os.environ.get("MONAI_SAM_MORE_DATA", Path.home() / "data"))
 
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 warnings.filterwarnings("ignore", category=FutureWarning, module="timm")
@@ -22,6 +24,14 @@ def data_path(*parts: str) -> Path:
     p = DATA_DIR.joinpath(*parts)
     if not p.exists():
         pytest.skip(f"real data {p} is absent (set MONAI_SAM_DATA to the shared data folder to run this test)")
+    return p
+
+
+def prepared_path(name: str) -> Path:
+    """The folder ``../shared/data/more/prepare.py`` wrote for ``name``, or skip the test saying how to make it."""
+    p = MORE_DATA_DIR / name
+    if not (p / "splits.json").is_file():
+        pytest.skip(f"{p} not prepared (python ../shared/data/more/prepare.py {name} <git copy> {p})")
     return p
 
 

@@ -14,8 +14,9 @@ from monai_sam_adapt.data import (
     lits_datalist,
     main,
     split_by_case,
+    splits_datalist,
 )
-from tests.conftest import data_path, write_png
+from tests.conftest import data_path, prepared_path, write_png
 
 
 def test_kvasir_layout(polyp_folder, tmp_path):
@@ -192,14 +193,7 @@ PREPARED = [("busi", [453, 65, 129, 133]), ("cxr", [59, 10, 29]), ("monuseg", [2
 def test_prepared_more_layouts(name, counts):
     """The folders ``../shared/data/more/prepare.py`` writes, found through ``MONAI_SAM_MORE_DATA`` (default
     ``~/data``); skipped with the reason when a folder is absent."""
-    import os
-    from pathlib import Path
-
-    root = Path(os.environ.get("MONAI_SAM_MORE_DATA", Path.home() / "data")) / name
-    if not (root / "splits.json").is_file():
-        pytest.skip(f"{root} not prepared (python ../shared/data/more/prepare.py {name} <git copy> {root})")
-    from monai_sam_adapt.data import splits_datalist
-
+    root = prepared_path(name)
     dl = splits_datalist(root)
     keys = ["training", "validation", "testing", "normal"][: len(counts)]
     assert [len(dl[k]) for k in keys] == counts
