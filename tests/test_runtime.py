@@ -5,6 +5,7 @@ extra. Tiny models here; ``test_real_litemedsam_encoder_exported_equals_eager`` 
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -30,6 +31,8 @@ def test_every_runtime_gives_the_eager_embedding(backbone):
     with torch.no_grad():
         ref = sam.encode(x)
         for runtime in RUNTIMES:
+            if runtime == "openvino-int8":  # needs a calibration first: its own test below
+                continue
             use_runtime(sam, runtime)
             got = sam.encode(x)
             assert got.shape == ref.shape and got.dtype == torch.float32
@@ -214,3 +217,166 @@ def test_a_network_with_a_runtime_still_saves_its_checkpoint():
     with torch.no_grad():
         sam.encode(torch.rand(1, 3, 64, 64))
     torch.save(sam.state_dict(), io.BytesIO())
+
+
+# ---------------------------------------------------------------------- whole networks in one exported graph
+def _tiny_networks():
+    from monai_sam_adapt.networks import SSAM, AutoSAM, AutoSAMEnsemble, PromptedSAM
+    from tests.tiny import TINY_ARCH
+
+    arch = TINY_ARCH["vit_b"]
+    torch.manual_seed(0)
+    ssam = SSAM("vit_b", checkpoint=None, label_names=["a", "b"], text_encoder="label_index", **arch)
+    auto = AutoSAM("vit_b", checkpoint=None, prompt_encoder="cnn", output="both", **arch)
+    ens = AutoSAMEnsemble(
+        [{"prompt_encoder": "cnn"}, {"prompt_encoder": "cnn", "input_side": 128}], "vit_b", None, **arch
+    )
+    for net in (ssam, auto, ens):  # "trained": g's output layer and S-SAM's singular values away from their start
+        with torch.no_grad():
+            for p in net.parameters():
+                if p.requires_grad:
+                    p.add_(torch.randn_like(p) * 0.05)
+    box = {"boxes": torch.tensor([[[8.0, 10.0, 40.0, 50.0]], [[4.0, 4.0, 30.0, 20.0]]])}
+    return {
+        "ssam": (ssam, 64, {}),
+        "autosam": (auto, 64, {}),
+        "ensemble": (ens, 128, {}),
+        "boxes": (PromptedSAM("vit_b", checkpoint=None, **arch), 64, box),
+    }
+
+
+@pytest.mark.parametrize("name", ["ssam", "autosam", "ensemble", "boxes"])
+def test_exportable_networks_run_whole_in_one_graph_with_the_eager_logits(name, cache):
+    """AutoSAM (g, decoder, h), its two-g ensemble, S-SAM (merged adapters, label prompts) and box-prompted SAM:
+    one exported graph from image (and boxes) to logits; nothing of the network runs eagerly after the export."""
+    from monai_sam_adapt.runtime import _WholeNetwork
+
+    net, side, kw = _tiny_networks()[name]
+    net.eval()
+    x = torch.rand(2, 3, side, side)
+    with torch.no_grad():
+        ref = net(x, **kw)
+        fast = use_runtime(net, "openvino")
+        assert isinstance(fast, _WholeNetwork)
+        got = fast(x, **kw)
+        torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-4)
+        assert len(list(cache.glob("*.onnx"))) == 1  # the whole network, not its encoder apart
+
+        def eager(*a, **k):
+            raise AssertionError("the eager network ran")
+
+        net.forward = eager  # the exported graph alone serves the next batch
+        torch.testing.assert_close(fast(x, **kw), ref, rtol=1e-4, atol=1e-4)
+    assert set(fast.state_dict()) == set(net.state_dict())
+
+
+def test_calls_the_graph_cannot_serve_run_eagerly_with_the_encoder_in_the_runtime(cache):
+    """S-SAM asked for other label names, and AutoSAM with its cascade (boxes from its first masks), are not one
+    static graph: they run the network, whose encoder still uses the runtime."""
+    from monai_sam_adapt.networks import AutoSAM
+    from monai_sam_adapt.runtime import RuntimeModule
+
+    nets = _tiny_networks()
+    ssam = nets["ssam"][0].eval()
+    x = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        ref = ssam(x, labels=["b"])
+        fast = use_runtime(ssam, "openvino")
+        torch.testing.assert_close(fast(x, labels=["b"]), ref, rtol=1e-4, atol=1e-4)
+    assert isinstance(ssam.sam.encoder_runtime, RuntimeModule)
+    cascade = AutoSAM("vit_b", checkpoint=None, prompt_encoder="cnn", cascade="box", **_arch()).eval()
+    assert use_runtime(cascade, "openvino") is cascade and isinstance(cascade.sam.encoder_runtime, RuntimeModule)
+
+
+def _arch():
+    from tests.tiny import TINY_ARCH
+
+    return TINY_ARCH["vit_b"]
+
+
+def test_an_export_is_named_by_the_settings_that_change_its_graph(cache):
+    """Two AutoSAMs with the same weights but another ``output`` must not share an export (the cache is keyed by
+    weights, input shapes and settings)."""
+    from monai_sam_adapt.networks import AutoSAM
+
+    torch.manual_seed(1)
+    a = AutoSAM("vit_b", checkpoint=None, prompt_encoder="cnn", output="sam", **_arch()).eval()
+    b = AutoSAM("vit_b", checkpoint=None, prompt_encoder="cnn", output="h", **_arch()).eval()
+    b.load_state_dict(a.state_dict())
+    b.sam.load_state_dict(a.sam.state_dict())
+    x = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        refs = [a(x), b(x)]
+        for net, ref in zip((a, b), refs):
+            torch.testing.assert_close(use_runtime(net, "openvino")(x), ref, rtol=1e-4, atol=1e-4)
+    assert len(list(cache.glob("*.onnx"))) == 2
+
+
+def test_int8_is_calibrated_on_recorded_inputs_and_quantizes_the_encoder_only(cache):
+    """``openvino-int8``: without a quantized model it says which command makes one; inside ``calibrating`` the network
+    records its inputs; ``quantize_onnx`` writes the int8 model (the encoder's layers quantized, the rest fp32), which
+    the runtime then runs, close to the eager logits."""
+    pytest.importorskip("nncf")
+    import openvino as ov
+
+    from monai_sam_adapt.runtime import calibrating, int8_path, quantize_onnx
+
+    net, side, _ = _tiny_networks()["autosam"]
+    net.eval()
+    x = torch.rand(1, 3, side, side)
+    with torch.no_grad():
+        ref = net(x)
+        with pytest.raises(InputError, match="python -m monai_sam_adapt.runtime quantize"):
+            use_runtime(net, "openvino-int8")(x)
+        with calibrating(samples=4) as recorded:
+            fast = use_runtime(net, "openvino-int8")
+            for _ in range(6):
+                fast(torch.rand(1, 3, side, side))
+        ((path, store),) = recorded.items()
+        assert store.seen == 6 and len(store.items) == 4 and store.items[0][0].shape == (1, 3, side, side)
+        out = quantize_onnx(path, store.items)
+        assert out == int8_path(path) and out.with_suffix(".bin").is_file()
+        ops = ov.Core().read_model(str(out)).get_ops()
+        fq = [op.get_friendly_name() for op in ops if op.get_type_name() == "FakeQuantize"]
+        assert fq and all(n.startswith("image_encoder/") for n in fq)
+        got = use_runtime(net, "openvino-int8")(x)
+    assert got.shape == ref.shape
+    assert float(((got > 0) == (ref > 0)).float().mean()) > 0.9
+
+
+def test_a_bundle_is_quantized_on_its_training_items_then_runs_in_int8(polyp_folder, tmp_path, cache):
+    """``python -m monai_sam_adapt.runtime quantize``'s function on a bundle (tiny box-prompted SAM): calibration
+    reads only the datalist's training items, the int8 model lands in the export cache, and the bundle's inference
+    with ``--runtime openvino-int8`` then writes its masks."""
+    pytest.importorskip("nncf")
+    from monai_sam_adapt.data import kvasir_datalist, write_datalist
+    from monai_sam_adapt.runtime import quantize_bundle
+    from tests.bundles.helpers import REPO, run_workflow, tiny_network_override
+
+    lists = kvasir_datalist(polyp_folder)
+    lists["training"] = lists["training"][:2]
+    dl = write_datalist(lists, tmp_path / "dl.json")
+    net = tiny_network_override("monai_sam_adapt.networks.PromptedSAM", backbone="vit_b")
+    read = []
+    from monai_sam_adapt.transforms import LoadMedicalImaged
+
+    real = LoadMedicalImaged.__call__
+
+    def spy(self, data, *a, **k):
+        read.append(str(data.get("image")))
+        return real(self, data, *a, **k)
+
+    LoadMedicalImaged.__call__ = spy
+    try:
+        written = quantize_bundle(
+            REPO / "bundles" / "boxsam_kvasir", polyp_folder, dl, num_images=5, samples=4, model_path=None, **net
+        )
+    finally:
+        LoadMedicalImaged.__call__ = real
+    assert len(written) == 1 and written[0].parent == cache and written[0].suffixes == [".int8", ".xml"]
+    train = {Path(polyp_folder, d["image"]).name for d in lists["training"]}
+    assert read and {Path(r).name for r in read} <= train  # validation and test images are never read
+    out = tmp_path / "int8"
+    common = dict(dataset_dir=str(polyp_folder), datalist=str(dl), num_workers=0, model_path=None, **net)
+    run_workflow("boxsam_kvasir", "inference.json", output_dir=str(out), runtime="openvino-int8", **common)
+    assert len(list(out.rglob("*.png"))) == len(lists["testing"])

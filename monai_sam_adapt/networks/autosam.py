@@ -161,6 +161,12 @@ class AutoSAM(TrainedPartsCheckpoint, nn.Module):
             return EFFICIENTNET_LITE_WEIGHTS[self.image_prompt_encoder.variant][3]
         return file_sha256(weights)
 
+    @property
+    def exportable(self) -> bool:
+        """One static graph from image to logits (for :func:`~monai_sam_adapt.runtime.use_runtime`): not with the
+        cascade (its boxes depend on the first masks) or an embedding cache."""
+        return not self.cascade and self.cache is None
+
     # ------------------------------------------------------------------ forward
     def embed(self, image: torch.Tensor) -> torch.Tensor:
         """The frozen encoder's embedding of ``image`` (at this model's ``image_size``; pooled to the encoder's)."""
@@ -323,6 +329,11 @@ class AutoSAMEnsemble(TrainedPartsCheckpoint, nn.Module):
         with atomic_write(path) as tmp:
             torch.save(self.state_dict(), tmp)
         return Path(path)
+
+    @property
+    def exportable(self) -> bool:
+        """As :attr:`AutoSAM.exportable`, for every member."""
+        return self.cache is None and all(m.exportable for m in self.members)
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         """``image (B, 3, N, N)`` (``N``: ``image_size``) -> logits of the members' mean probability

@@ -45,6 +45,9 @@ class PromptedSAM(nn.Module):
         self.sam = backbone if isinstance(backbone, FrozenSAM) else FrozenSAM(backbone, checkpoint, **backbone_kwargs)
         self.multimask_output = multimask_output
 
+    #: One static graph from image and prompts to logits per prompt count (for the runtimes).
+    exportable = True
+
     def forward(
         self,
         image: torch.Tensor,

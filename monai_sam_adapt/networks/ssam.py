@@ -161,6 +161,9 @@ class SSAM(TrainedPartsCheckpoint, nn.Module):
         self.requires_grad_(False)
         return self
 
+    #: One static graph from image to logits for the configured label names (other names run eagerly).
+    exportable = True
+
     def prompts(self, labels: Sequence[str] | None = None) -> torch.Tensor:
         """Sparse prompt tokens ``(K, 1, C)`` for ``labels`` (default: ``prompt_names``); names other than the trained
         ones are free text, accepted as :func:`resolve_prompt_names` says."""

@@ -102,6 +102,8 @@ class InteractiveSAMTask(TimeLimitedTask, InferTask):
         checkpoint: its checkpoint when ``backbone`` is a name. Default ``"default"``.
         device: ``"cuda"``, ``"cpu"`` or ``None`` (CUDA when available).
         runtime: how the image encoder runs (:data:`monai_sam_adapt.runtime.RUNTIMES`). Default ``"torch"``.
+            ``"openvino-int8"`` runs it as ``"openvino"``: int8 is calibrated per bundle on its training images, and
+            the interactive model has none.
         cache_size: slice embeddings kept. Default 32.
         cache_bytes: memory the kept embeddings may take, least recently used out first. Default 512 MiB.
         backbone_kwargs: architecture overrides (tiny test models).
@@ -146,7 +148,7 @@ class InteractiveSAMTask(TimeLimitedTask, InferTask):
             if self._sam is None:
                 b = self._backbone
                 self._sam = b if isinstance(b, FrozenSAM) else FrozenSAM(b, self._checkpoint, **self._kwargs)
-                use_runtime(self._sam, self.runtime)
+                use_runtime(self._sam, "openvino" if self.runtime == "openvino-int8" else self.runtime)
                 self._embeddings = EmbeddingCache(
                     max_entries=self.cache_size, max_bytes=self.cache_bytes, fingerprint=self._sam.fingerprint
                 )

@@ -294,6 +294,8 @@ def test_interactive_task_runs_its_encoder_in_the_chosen_runtime(tmp_path, monke
     got = nib.load(fast(request)[0]).get_fdata()
     assert fast.sam(torch.device("cpu")).encoder_runtime is not None
     assert (got == ref).mean() > 0.999
+    int8 = InteractiveSAMTask(copy.deepcopy(sam), device="cpu", runtime="openvino-int8")  # no calibration set here
+    assert int8.sam(torch.device("cpu")).encoder_runtime.runtime == "openvino"
 
 
 def test_a_committed_ensemble_is_served_then_monai_label_trained_weights_with_train_jsons_network(tmp_path, disk_png):
