@@ -24,6 +24,7 @@ slightly: ``benchmarks/runtimes.py`` measures it. These runtimes run on the CPU 
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import copy
 import hashlib
@@ -269,7 +270,7 @@ class _Reservoir:
 def _recorder(path: Path, run):
     """``run`` that also keeps its inputs for calibration (``run`` once per output shape; the outputs while recording
     are zeros of that shape: calibration needs the inputs only, and the bundle's pipeline stays cheap)."""
-    store = _RECORDING.setdefault(path, _Reservoir(_RECORDING_SIZE[0]))
+    store = _RECORDING[path]
     shapes: dict[tuple, tuple] = {}
 
     def record(*a: np.ndarray) -> np.ndarray:
@@ -282,15 +283,12 @@ def _recorder(path: Path, run):
     return record
 
 
-_RECORDING_SIZE = [64]
-
-
 @contextlib.contextmanager
 def calibrating(samples: int = 64):
     """Inside the block, networks under runtime ``openvino-int8`` record (up to ``samples`` of) their inputs instead of
     computing; yields ``{onnx file: reservoir}`` for :func:`quantize_onnx`."""
     global _RECORDING
-    _RECORDING, _RECORDING_SIZE[0] = {}, int(samples)
+    _RECORDING = collections.defaultdict(lambda: _Reservoir(int(samples)))
     try:
         yield _RECORDING
     finally:
