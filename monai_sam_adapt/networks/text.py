@@ -35,6 +35,7 @@ __all__ = [
     "DEFAULT_TEXT_ENCODER",
     "LabelIndexEncoder",
     "MINILM_SHA256",
+    "PROMPT_AMBIGUITY_MARGIN",
     "PROMPT_SIMILARITY_THRESHOLD",
     "SentenceTextEncoder",
     "TextAffineLayer",
@@ -54,6 +55,10 @@ MINILM_SHA256 = "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9d
 #: (all-MiniLM-L6-v2 features): between the GlaS name's synonyms ("glands" 0.93, "colon gland" 0.72, "glandular
 #: epithelium" 0.64) and the nearest unrelated organ ("liver" 0.45). See the README's S-SAM section.
 PROMPT_SIMILARITY_THRESHOLD = 0.55
+#: A prompt whose two nearest trained names are closer than this in cosine similarity is ambiguous and refused:
+#: "lung" is 0.81 from "right lung" and 0.79 from "left lung" (all-MiniLM-L6-v2), and its own feature would give a
+#: token between the two, a mask of neither; "liver tumor" (0.71 "tumor", 0.65 "liver") is read as "tumor".
+PROMPT_AMBIGUITY_MARGIN = 0.05
 
 
 def validate_label_names(label_names: Any) -> list[str]:
@@ -84,8 +89,10 @@ def resolve_prompt_names(
 
     A trained name keeps its own feature. Any other name is encoded by ``text_encoder`` and accepted when its cosine
     similarity to the nearest trained name is at least ``threshold`` (default: the encoder's calibrated
-    ``prompt_similarity_threshold``); otherwise :class:`UnknownLabelError` lists the trained names and the nearest one
-    with its similarity. Encoders without a calibrated threshold (one-hot, CLIP) accept the trained names only.
+    ``prompt_similarity_threshold``) and it is not ambiguous: a prompt whose second-nearest trained name is within
+    :data:`PROMPT_AMBIGUITY_MARGIN` of the nearest is refused naming both. Otherwise :class:`UnknownLabelError` lists
+    the trained names and the nearest one with its similarity. Encoders without a calibrated threshold (one-hot, CLIP)
+    accept the trained names only.
     """
     prompts = validate_label_names(prompts)
     known = list(label_names)
@@ -105,6 +112,14 @@ def resolve_prompt_names(
                     f"{known[best]!r} with cosine similarity {float(row[best]):.2f} (accepted from {threshold:.2f}). "
                     f"Use one of {known} or a synonym of one."
                 )
+            if len(known) > 1:
+                second = int(row.topk(2).indices[1])
+                if float(row[best] - row[second]) < PROMPT_AMBIGUITY_MARGIN:
+                    raise UnknownLabelError(
+                        f"label name {name!r} is ambiguous: it is as close to {known[best]!r} (cosine similarity "
+                        f"{float(row[best]):.2f}) as to {known[second]!r} ({float(row[second]):.2f}). Name one of "
+                        f"{known}, or a synonym closer to one than to the others."
+                    )
             feats[name] = feat
     return torch.stack([feats[p] for p in prompts])
 

@@ -332,3 +332,28 @@ def test_full_size_vit_b_share_at_most_half_a_percent():
     )
     assert c["total"] > 90_000_000 and trainable / c["total"] <= 0.005
     assert net.sam.image_encoder.pos_embed.shape == (1, 16, 16, 768) and net.sam.embedding_size == (16, 16)
+
+
+def test_a_prompt_between_two_trained_names_is_refused_as_ambiguous():
+    """ "lung" for a model trained on "left lung" and "right lung": its feature would give a token between the two,
+    a mask of neither, so it is refused naming both; a synonym clearly nearer one name is accepted."""
+    from monai_sam_adapt.networks.text import resolve_prompt_names
+
+    known = torch.eye(3)[:2]  # "left lung", "right lung"
+    asked = {
+        "lung": torch.tensor([0.7, 0.7, 0.14]),
+        "left lung field": torch.tensor([0.9, 0.3, 0.3]),
+    }
+
+    class Fixed(torch.nn.Module):
+        prompt_similarity_threshold = 0.55
+
+        def forward(self, names):
+            return torch.stack([torch.nn.functional.normalize(asked[n], dim=0) for n in names])
+
+    names = ["left lung", "right lung"]
+    with pytest.raises(UnknownLabelError, match="'lung' is ambiguous.*'left lung'.*'right lung'"):
+        resolve_prompt_names(Fixed(), ["lung"], names, known)
+    feats = resolve_prompt_names(Fixed(), ["left lung field", "right lung"], names, known)
+    torch.testing.assert_close(feats[1], known[1])
+    assert float(feats[0] @ known[0]) > float(feats[0] @ known[1])
