@@ -81,7 +81,7 @@ class FalsePositiveMetric(CumulativeIterationMetric):
             return torch.tensor(math.nan)
         hit = values[values > 0]
         if self.reduction == "rate":
-            return (values > 0).float().mean()
+            return torch.tensor(hit.numel() / values.numel())
         return hit.mean() if hit.numel() else torch.tensor(0.0)
 
 
@@ -89,8 +89,8 @@ class FalsePositiveImages(IgniteMetricHandler):
     """:class:`FalsePositiveMetric` as an ignite handler for a bundle's ``additional_metrics`` (per-image values go
     to ``MetricsSaver``'s details like any MONAI metric)::
 
-        "val_false_lesion_rate": {"_target_": "monai_sam_adapt.engines.FalsePositiveImages", "reduction": "rate",
-                                  "output_transform": "$monai.handlers.from_engine(['pred', 'label'])"}
+        "val_false_positive_images": {"_target_": "monai_sam_adapt.engines.FalsePositiveImages", "reduction": "rate",
+                                      "output_transform": "$monai.handlers.from_engine(['pred', 'label'])"}
     """
 
     def __init__(self, reduction: str = "rate", output_transform=lambda x: x, save_details: bool = True) -> None:
