@@ -3,8 +3,9 @@ before any time is spent on the network."""
 
 from __future__ import annotations
 
+import json
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from monai.data import load_decathlon_datalist
@@ -12,12 +13,35 @@ from monai.utils import ensure_tuple
 
 from ..errors import InputError
 
-__all__ = ["LAYOUTS", "check_datalist", "load_datalist"]
+__all__ = ["LAYOUTS", "check_datalist", "check_label_map", "load_datalist"]
 
 #: Dataset layouts a bundle's ``datalist`` may name instead of a JSON file: the datalist is then made from
 #: ``dataset_dir`` by the matching :mod:`monai_sam_adapt.data` function (LiTS and BRATS folders, split by case; an
 #: ``images/`` + ``masks/`` folder split by its ``splits.json``).
 LAYOUTS = ("lits", "brats", "splits")
+
+
+def check_label_map(
+    labels: Mapping | None, label_names: Sequence[str] | None, label_values: Sequence | None, source: str
+) -> None:
+    """A datalist that says which mask value is which structure (``"labels": {"left lung": 1, ...}``) must agree
+    with the bundle's ``label_names`` and ``label_values``: otherwise a model would learn, or be scored on, one
+    structure under another's name. Nothing to check when either side says nothing (binary bundles, datalists
+    without a ``labels`` map)."""
+    if not isinstance(labels, Mapping) or not label_names or label_values is None:
+        return
+    wrong = []
+    for name, value in zip(label_names, label_values):
+        if name not in labels:
+            wrong.append(f"{name!r} is not in it")
+        elif labels[name] != value:
+            wrong.append(f"{name!r} is {labels[name]!r} there and {value!r} in the bundle")
+    if wrong:
+        raise InputError(
+            f"{source} maps its mask values to the labels {dict(labels)}, which disagrees with the bundle's "
+            f"label_names {list(label_names)} and label_values {list(label_values)}: {'; '.join(wrong)}. Pass "
+            "--label_names and --label_values that match the masks, or fix the datalist's 'labels'."
+        )
 
 
 def check_datalist(
@@ -51,10 +75,13 @@ def load_datalist(
     key: str,
     keys: Sequence[str] = ("image", "label"),
     required: Sequence[str] = ("image",),
+    label_names: Sequence[str] | None = None,
+    label_values: Sequence | None = None,
 ) -> list[dict]:
     """``monai.data.load_decathlon_datalist`` with paths resolved against ``dataset_dir`` and checked. ``datalist`` is a
     JSON file, the same content as a dict (what ``monai_sam_adapt.data`` layouts return, e.g. ``lits_datalist``), or
-    the name of a layout in :data:`LAYOUTS` (``"lits"``), made from ``dataset_dir``."""
+    the name of a layout in :data:`LAYOUTS` (``"lits"``), made from ``dataset_dir``. With ``label_names`` and
+    ``label_values``, a ``labels`` map in the datalist is checked against them (:func:`check_label_map`)."""
     if not Path(dataset_dir).is_dir():
         raise InputError(f"dataset_dir {str(dataset_dir)!r} does not exist.")
     if isinstance(datalist, str) and datalist in LAYOUTS and not Path(datalist).is_file():
@@ -62,6 +89,7 @@ def load_datalist(
 
         datalist = getattr(datalists, f"{datalist}_datalist")(dataset_dir)
     if isinstance(datalist, dict):
+        check_label_map(datalist.get("labels"), label_names, label_values, f"the datalist of {str(dataset_dir)!r}")
         if key not in datalist:
             raise InputError(f"datalist has no {key!r} list (it has {sorted(datalist)}).")
 
@@ -81,6 +109,12 @@ def load_datalist(
         return check_datalist(data, keys, required, source=f"{key} list of the datalist of {str(dataset_dir)!r}")
     if not Path(datalist).is_file():
         raise InputError(f"datalist {str(datalist)!r} does not exist.")
+    if label_names:
+        try:
+            labels = json.loads(Path(datalist).read_text()).get("labels")
+        except (ValueError, AttributeError) as e:
+            raise InputError(f"datalist {str(datalist)!r} is not a JSON object: {e}") from e
+        check_label_map(labels, label_names, label_values, f"datalist {str(datalist)!r}")
     try:
         data = load_decathlon_datalist(
             str(datalist), is_segmentation=True, data_list_key=key, base_dir=str(dataset_dir)

@@ -19,6 +19,9 @@ Events, _ = optional_import("ignite.engine", "0.4.11", min_version, "Events")
 
 __all__ = ["EvaluationSummary", "MetricPlots", "OverlayGrid"]
 
+#: Outline colours of labels 1, 2, ... when an image has several (matplotlib's ``tab:`` palette).
+LABEL_COLOURS = ("blue", "orange", "green", "purple", "brown", "pink", "olive", "cyan")
+
 
 def per_case(details) -> np.ndarray:
     """A metric's per-case details (``engine.state.metric_details[name]``) as a float array ``(cases, labels)``."""
@@ -79,9 +82,16 @@ class MetricPlots:
             plt.close(fig)
 
 
+def _dice(pred: np.ndarray, label: np.ndarray) -> float:
+    """Dice of two boolean masks; 1 when both are empty (nothing to find, nothing drawn)."""
+    total = pred.sum() + label.sum()
+    return 1.0 if total == 0 else float(2 * (pred & label).sum() / total)
+
+
 class OverlayGrid:
     """Save a picture of the first ``num_images`` results: each image with its ground truth (green) and prediction
-    (red) outlines and the image's Dice, as ``<save_dir>/<filename>``.
+    (red) outlines and the image's Dice, as ``<save_dir>/<filename>``. With several labels (channels) each label has
+    its own colour, ground truth dashed and prediction solid, and the Dice is the mean over the labels.
 
     The image is re-read from its source file (the network saw a resized, normalised copy) so the outlines lie on the
     original pixels. 3D items show the slice with the most ground-truth foreground.
@@ -137,8 +147,8 @@ class OverlayGrid:
                 {
                     "name": Path(str(src)).name,
                     "image": img.float().numpy(),
-                    "label": lab[0].numpy() > 0.5,
-                    "preds": [p[0].numpy() > 0.5 for p in preds],
+                    "label": lab.numpy() > 0.5,
+                    "preds": [p.numpy() > 0.5 for p in preds],
                 }
             )
 
@@ -156,19 +166,27 @@ class OverlayGrid:
             im = it["image"]
             im = np.moveaxis(im[:3], 0, -1) if im.shape[0] >= 3 else im[0]
             im = (im - im.min()) / max(float(im.max() - im.min()), 1e-8)
+            lab = it["label"]
             for c, (pred, title) in enumerate(zip(it["preds"], self.titles)):
                 ax = axes[r, c]
                 ax.imshow(im, cmap="gray")
-                if it["label"].any():
-                    ax.contour(it["label"], levels=[0.5], colors="lime", linewidths=1.2)
-                if pred.any():
-                    ax.contour(pred, levels=[0.5], colors="red", linewidths=1.2)
-                inter = (pred & it["label"]).sum()
-                dice = 2 * inter / max(pred.sum() + it["label"].sum(), 1)
+                for ch in range(lab.shape[0]):
+                    colour = LABEL_COLOURS[ch % len(LABEL_COLOURS)]
+                    gt_colour, pred_colour = ("lime", "red") if lab.shape[0] == 1 else (f"tab:{colour}",) * 2
+                    if lab[ch].any():
+                        ls = "solid" if lab.shape[0] == 1 else "dashed"
+                        ax.contour(lab[ch], levels=[0.5], colors=gt_colour, linewidths=1.2, linestyles=ls)
+                    if pred[ch].any():
+                        ax.contour(pred[ch], levels=[0.5], colors=pred_colour, linewidths=1.2)
+                dice = float(np.mean([_dice(p, g) for p, g in zip(pred, lab)]))
                 ax.set_title(f"{title}: Dice {dice:.3f}" + (f"\n{it['name']}" if c == 0 else ""), fontsize=8)
                 ax.axis("off")
-        fig.suptitle("ground truth (green), prediction (red)", fontsize=9)
-        fig.tight_layout(rect=(0, 0, 1, 1 - 0.3 / (3.2 * n)))  # leave the suptitle its own strip
+        n_labels = self.items[0]["label"].shape[0]
+        colours = ", ".join(f"{i + 1} {LABEL_COLOURS[i % len(LABEL_COLOURS)]}" for i in range(n_labels))
+        legend = f"labels {colours}\nground truth dashed, prediction solid"
+        fig.suptitle(legend if n_labels > 1 else "ground truth (green), prediction (red)", fontsize=8)
+        strip = 0.5 if n_labels > 1 else 0.3  # inches: the suptitle's own strip
+        fig.tight_layout(rect=(0, 0, 1, 1 - strip / (3.2 * n)))
         self.save_dir.mkdir(parents=True, exist_ok=True)
         with atomic_write(self.save_dir / self.filename) as tmp:
             fig.savefig(tmp, dpi=90)

@@ -5,6 +5,7 @@ evaluation and inference run sliding windows, and masks come back on the source 
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from monai.inferers import SlidingWindowInferer
 from PIL import Image
 
@@ -61,3 +62,17 @@ def test_tiles_train_from_the_cache_and_evaluate_by_sliding_window(polyp_folder,
         src = Image.open(polyp_folder / "images" / name)
         out = np.asarray(Image.open(pred / "images" / name))
         assert out.shape == (src.height, src.width) and set(np.unique(out)) <= {0, 255}
+
+
+@pytest.mark.integration
+def test_committed_model_segments_real_monuseg_nuclei(tmp_path):
+    """The committed model on one real 1000x1000 MoNuSeg test image at full resolution, well above chance."""
+    from tests.conftest import prepared_path
+
+    root = prepared_path("monuseg")
+    dl = splits_datalist(root)
+    dl["testing"] = dl["testing"][:1]
+    run_workflow(
+        BUNDLE, "evaluate.json", output_dir=str(tmp_path / "ev"), dataset_dir=str(root), datalist=dl, num_workers=0
+    )
+    assert read_metrics(tmp_path / "ev" / "metrics.csv")["val_mean_dice"] > 0.7

@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 from monai_sam_adapt.data import splits_datalist
-from tests.bundles.helpers import REPO, read_metrics, run_workflow, tiny_network_override
+from tests.bundles.helpers import REPO, chain, read_metrics, run_workflow, tiny_network_override
 from tests.conftest import disk, write_png
 
 BUNDLE = "ssam_cxr"
@@ -69,6 +69,21 @@ def test_serving_names_each_label_value():
 
     assert bundle_labels(REPO / "bundles" / BUNDLE) == {"left lung": 1, "right lung": 2, "heart": 3}
     assert check_bundle(REPO / "bundles" / BUNDLE) == []
+
+
+@pytest.mark.parametrize("config,item", [("train.json", "train_data"), ("evaluate.json", "data")])
+def test_a_datalist_whose_labels_disagree_is_refused_before_the_network_loads(chest_folder, config, item):
+    """The prepared folder's ``labels`` map is read against the bundle's names and values: heart on value 1 (say,
+    another dataset's convention) fails naming both, instead of training or scoring lungs as heart."""
+    from monai_sam_adapt.bundle import bundle_workflow
+
+    splits = json.loads((chest_folder / "splits.json").read_text())
+    splits["labels"] = {"heart": 1, "left lung": 2, "right lung": 3}
+    (chest_folder / "splits.json").write_text(json.dumps(splits))
+    parser = bundle_workflow(REPO / "bundles" / BUNDLE, config, dataset_dir=str(chest_folder)).parser
+    with pytest.raises(Exception) as e:  # MONAI wraps the InputError of a config expression
+        parser.get_parsed_content(item)
+    assert "'heart' is 1 there and 3 in the bundle" in chain(e.value)
 
 
 def test_train_evaluate_infer_three_labels_tiny(chest_folder, tmp_path):

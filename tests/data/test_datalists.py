@@ -12,10 +12,12 @@ from monai_sam_adapt.data import (
     glas_datalist,
     kvasir_datalist,
     lits_datalist,
+    load_datalist,
     main,
     split_by_case,
     splits_datalist,
 )
+from monai_sam_adapt.errors import InputError
 from tests.conftest import data_path, prepared_path, write_png
 
 
@@ -183,6 +185,25 @@ def test_splits_layout_extra_splits_labels_and_leaks(tmp_path, capsys):
     (root / "splits.json").write_text(json.dumps(splits))
     with pytest.raises(ValueError, match="'cxr_1' is in both 'train' and 'test'"):
         main(["splits", str(root), "-o", str(out)])
+
+
+def test_a_labels_map_that_disagrees_with_the_bundle_is_refused(polyp_folder, tmp_path):
+    """A datalist saying heart is 1 while the bundle trains "heart" on value 3 would teach or score one structure under
+    another's name: refused naming both maps, from a dict and from a JSON file; a matching map, a datalist with none
+    and a binary bundle (no label_values) pass."""
+    dl = kvasir_datalist(polyp_folder)
+    names, values = ["left lung", "right lung", "heart"], [1, 2, 3]
+    ok = dict(dl, labels={"left lung": 1, "right lung": 2, "heart": 3})
+    assert len(load_datalist(ok, polyp_folder, "training", label_names=names, label_values=values)) == 3
+    assert load_datalist(dl, polyp_folder, "training", label_names=names, label_values=values)
+    swapped = dict(dl, labels={"heart": 1, "left lung": 2, "right lung": 3})
+    assert load_datalist(swapped, polyp_folder, "training", label_names=["polyp"], label_values=None)
+    with pytest.raises(InputError, match="'heart' is 1 there and 3 in the bundle"):
+        load_datalist(swapped, polyp_folder, "training", label_names=names, label_values=values)
+    path = tmp_path / "mine.json"
+    path.write_text(json.dumps(dict(dl, labels={"lung": 1})))
+    with pytest.raises(InputError, match=r"mine.json.*'left lung' is not in it"):
+        load_datalist(str(path), polyp_folder, "testing", label_names=names, label_values=values)
 
 
 PREPARED = [("busi", [453, 65, 129, 133]), ("cxr", [59, 10, 29]), ("monuseg", [25, 5, 14])]
