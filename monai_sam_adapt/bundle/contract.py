@@ -87,8 +87,9 @@ OPTIONAL_KEYS: dict[str, str] = {
     "in this order (how MONAI Label hands them over)",
     "runtime": "inference/evaluation: torch (default), torch-bf16, onnxruntime, openvino or openvino-bf16 for the "
     "frozen image encoder (monai_sam_adapt.runtime)",
-    "symmetries": "inference/evaluation of 2D bundles trained with flips and 90 degree rotations: none, flips or "
-    "dihedral, the flipped/rotated copies whose predictions are averaged (monai_sam_adapt.engines.SymmetryInferer)",
+    "symmetries": "inference/evaluation of 2D bundles: none, mirror (left-right only), flips or dihedral, the "
+    "flipped/rotated copies whose predictions are averaged, as the bundle trained "
+    "(monai_sam_adapt.engines.SymmetryInferer)",
     "overwrite": "inference: replace existing outputs in output_dir (default false: an existing file is refused)",
     "trained_overrides": "keys replaced when serving weights trained through MONAI Label with train.json, where the "
     "committed model is built otherwise (autosam_kvasir: an ensemble of separately trained models)",

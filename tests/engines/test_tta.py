@@ -41,6 +41,17 @@ def test_average_is_over_the_variants_mapped_back():
     torch.testing.assert_close(SymmetryInferer("none")(x, net), net(x))
 
 
+def test_mirror_is_the_training_flip_of_the_first_spatial_axis():
+    """``mirror`` averages the image and its ``RandFlipd(spatial_axis=0)`` mirror: no other flip or turn."""
+    from monai.transforms import Flip
+
+    x = torch.rand(1, 3, 6, 10)
+    net, flip = Ramp(), Flip(spatial_axis=0)  # on one channel-first image, as the training augmentation sees it
+    mirrored = flip(net(flip(x[0]).unsqueeze(0))[0]).unsqueeze(0)
+    torch.testing.assert_close(SymmetryInferer("mirror")(x, net), (net(x) + mirrored) / 2)
+    assert not torch.allclose(SymmetryInferer("mirror")(x, net), (net(x) + net(x.flip(-1)).flip(-1)) / 2)
+
+
 def test_non_square_dihedral_and_autocast_inside():
     x = torch.rand(1, 3, 6, 10)
     out = SymmetryInferer("dihedral", inferer=AutocastInferer("fp32"))(x, Ramp())
