@@ -199,7 +199,9 @@ class EvaluationSummary:
     over 98 of 100 cases. At the end of an evaluation this logs, per metric, ``mean over N of M cases`` (``N1/N2``
     per label for several labels) with the cases not in it (empty ground truth, or another non-finite value), warns
     about empty ground truths, and writes it all to ``<save_dir>/summary.json``; MONAI's ``MetricsSaver`` CSVs keep
-    every case (``nan`` rows included).
+    every case (``nan`` rows included). A metric whose value is not the mean of its per-case values (the share of
+    lesion-free images with a drawn lesion, whose per-case values are areas) also gets its own ``value``, the number
+    the evaluator reports.
 
     Args:
         save_dir: output folder.
@@ -241,6 +243,11 @@ class EvaluationSummary:
                 "cases_in_mean_per_label": ok.sum(axis=0).astype(int).tolist(),
                 "left_out": left_out,
             }
+            value = (getattr(engine.state, "metrics", {}) or {}).get(metric)
+            own = value is not None and values.size > 0 and np.isfinite(float(value))
+            own = own and not np.isclose(float(value), values.mean(), atol=1e-6)
+            if own:
+                report[metric]["value"] = float(value)
             mean = f"{values.mean():.4f}" if values.size else "undefined"
             counts = "/".join(str(int(c)) for c in ok.sum(axis=0))
             why = (
@@ -248,7 +255,8 @@ class EvaluationSummary:
                 if left_out
                 else ""
             )
-            self.logger.info(f"{metric}: mean {mean} over {counts} of {values_by_case.shape[0]} cases{why}")
+            head = f"{float(value):.4f}; per-case mean" if own else "mean"
+            self.logger.info(f"{metric}: {head} {mean} over {counts} of {values_by_case.shape[0]} cases{why}")
         if report["empty_ground_truth"]:
             self.logger.warning(
                 f"{len(report['empty_ground_truth'])} of {len(self.cases)} cases have an empty ground truth: "
