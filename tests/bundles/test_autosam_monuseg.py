@@ -76,3 +76,26 @@ def test_committed_model_segments_real_monuseg_nuclei(tmp_path):
         BUNDLE, "evaluate.json", output_dir=str(tmp_path / "ev"), dataset_dir=str(root), datalist=dl, num_workers=0
     )
     assert read_metrics(tmp_path / "ev" / "metrics.csv")["val_mean_dice"] > 0.7
+
+
+def test_input_size_none_trains_on_whole_images(polyp_folder, tmp_path):
+    """`--input_size '$None'` alone turns the tile grid off: no grid is computed from a missing size."""
+    from monai_sam_adapt.bundle import bundle_workflow
+    from tests.bundles.helpers import REPO
+
+    side = tiny()["image_size"]
+    wf = bundle_workflow(
+        REPO / "bundles" / BUNDLE,
+        "train.json",
+        dataset_dir=str(polyp_folder),
+        datalist="splits",
+        num_workers=0,
+        input_size=None,
+        output_dir=str(tmp_path / "run"),
+        **tiny(),
+    )
+    wf.initialize()
+    assert wf.parser.get_parsed_content("tile_crop") is None
+    item = wf.parser.get_parsed_content("train#dataset")[0]
+    assert isinstance(item, dict) and tuple(item["image"].shape[-2:]) == (side, side)
+    assert not isinstance(wf.parser.get_parsed_content("val_inferer").inferer, SlidingWindowInferer)
