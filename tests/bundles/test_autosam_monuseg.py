@@ -9,8 +9,9 @@ import pytest
 from monai.inferers import SlidingWindowInferer
 from PIL import Image
 
+from monai_sam_adapt.bundle import bundle_workflow
 from monai_sam_adapt.data import splits_datalist
-from tests.bundles.helpers import read_metrics, run_workflow, tiny_network_override
+from tests.bundles.helpers import REPO, read_metrics, run_workflow, tiny_network_override
 
 BUNDLE = "autosam_monuseg"
 
@@ -80,9 +81,6 @@ def test_committed_model_segments_real_monuseg_nuclei(tmp_path):
 
 def test_input_size_none_trains_on_whole_images(polyp_folder, tmp_path):
     """`--input_size '$None'` alone turns the tile grid off: no grid is computed from a missing size."""
-    from monai_sam_adapt.bundle import bundle_workflow
-    from tests.bundles.helpers import REPO
-
     side = tiny()["image_size"]
     wf = bundle_workflow(
         REPO / "bundles" / BUNDLE,
